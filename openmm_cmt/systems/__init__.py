@@ -1,0 +1,18 @@
+"""Molecular systems and toy targets."""
+
+from openmm_cmt.systems.alanine_dipeptide import alanine_dipeptide
+from openmm_cmt.systems.molecular_system import MolecularSystem
+from openmm_cmt.systems.registry import add_system_arguments, get, names, register, resolve, system_from_args
+
+register("alanine-dipeptide", alanine_dipeptide)
+
+__all__ = [
+    "MolecularSystem",
+    "add_system_arguments",
+    "alanine_dipeptide",
+    "get",
+    "names",
+    "register",
+    "resolve",
+    "system_from_args",
+]

@@ -1,0 +1,157 @@
+"""MolecularSystem: an OpenMM System together with what a Boltzmann generator needs."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+import numpy as np
+import openmm
+from openmm import app, unit
+
+#: Molar gas constant in kJ/(mol K), the value OpenMM uses.
+MOLAR_GAS_CONSTANT = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+
+
+@dataclasses.dataclass
+class MolecularSystem:
+    """A molecule to sample: topology, force field, reference structure and temperature.
+
+    Attributes:
+        name: short identifier used in files and reports.
+        topology: ``openmm.app.Topology``; atom order is the System's particle order.
+        system: ``openmm.System`` defining the potential energy.
+        positions: reference positions, ``[n_atoms, 3]`` float64 in nm (a minimised
+            structure where the builder minimised it).
+        temperature: in K.
+    """
+
+    name: str
+    topology: app.Topology
+    system: openmm.System
+    positions: np.ndarray
+    temperature: float
+
+    def __post_init__(self):
+        self.positions = _as_nm_array(self.positions)
+        n = self.system.getNumParticles()
+        if self.positions.shape != (n, 3):
+            raise ValueError(
+                f"positions must have shape ({n}, 3) for a System of {n} particles, "
+                f"got {self.positions.shape}"
+            )
+        if self.topology.getNumAtoms() != n:
+            raise ValueError(
+                f"topology has {self.topology.getNumAtoms()} atoms but the System has {n} particles"
+            )
+        if not self.temperature > 0:
+            raise ValueError(f"temperature must be positive (K), got {self.temperature}")
+        self.temperature = float(self.temperature)
+
+    @property
+    def n_atoms(self) -> int:
+        return self.system.getNumParticles()
+
+    @property
+    def dim(self) -> int:
+        """Internal degrees of freedom, 3N - 6."""
+        return 3 * self.n_atoms - 6
+
+    @property
+    def kT(self) -> float:
+        """Thermal energy in kJ/mol."""
+        return MOLAR_GAS_CONSTANT * self.temperature
+
+    @property
+    def elements(self) -> list[str]:
+        return [a.element.symbol if a.element is not None else "X" for a in self.topology.atoms()]
+
+    @property
+    def masses(self) -> np.ndarray:
+        return np.array(
+            [self.system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(self.n_atoms)]
+        )
+
+    def reference_energy(self, platform: str = "Reference") -> float:
+        """Potential energy of ``positions`` in kJ/mol, from a fresh OpenMM Context."""
+        integrator = openmm.VerletIntegrator(0.001)
+        context = openmm.Context(self.system, integrator, openmm.Platform.getPlatformByName(platform))
+        context.setPositions(self.positions)
+        energy = context.getState(getEnergy=True).getPotentialEnergy()
+        del context, integrator
+        return energy.value_in_unit(unit.kilojoule_per_mole)
+
+    @classmethod
+    def from_pdb(
+        cls,
+        path: str | os.PathLike,
+        forcefield_files=("amber14-all.xml",),
+        temperature: float = 300.0,
+        implicit_solvent: str | None = None,
+        name: str | None = None,
+    ) -> "MolecularSystem":
+        """Build a system from a PDB file and OpenMM force-field XMLs.
+
+        Args:
+            path: PDB file with all atoms (hydrogens included).
+            forcefield_files: force-field XML files understood by ``openmm.app.ForceField``.
+            temperature: in K.
+            implicit_solvent: name of an implicit-solvent XML to add (``"obc1"``,
+                ``"obc2"``, ``"gbn"``, ``"gbn2"``, ``"hct"``, or any XML path), or None.
+            name: defaults to the file's stem.
+
+        The System has no cutoff, no constraints and no rigid water, as Boltzmann
+        generators over internal coordinates need every degree of freedom.
+        """
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"PDB file not found: {path}")
+        try:
+            pdb = app.PDBFile(path)
+        except Exception as err:
+            raise ValueError(f"could not read PDB file {path}: {err}") from err
+        if pdb.topology.getNumAtoms() == 0:
+            raise ValueError(f"PDB file {path} contains no atoms")
+        files = list(forcefield_files)
+        if implicit_solvent:
+            files.append(_implicit_solvent_file(implicit_solvent))
+        forcefield = app.ForceField(*files)
+        try:
+            system = forcefield.createSystem(
+                pdb.topology, nonbondedMethod=app.NoCutoff, constraints=None, rigidWater=False
+            )
+        except Exception as err:
+            raise ValueError(
+                f"force field {files} cannot parametrise {path}: {err} "
+                "(does the PDB contain all hydrogens and standard residue names?)"
+            ) from err
+        return cls(
+            name=name or os.path.splitext(os.path.basename(path))[0],
+            topology=pdb.topology,
+            system=system,
+            positions=pdb.getPositions(asNumpy=True),
+            temperature=temperature,
+        )
+
+
+_IMPLICIT = {
+    "obc1": "implicit/obc1.xml",
+    "obc2": "implicit/obc2.xml",
+    "gbn": "implicit/gbn.xml",
+    "gbn2": "implicit/gbn2.xml",
+    "hct": "implicit/hct.xml",
+}
+
+
+def _implicit_solvent_file(spec: str) -> str:
+    if spec.lower() in _IMPLICIT:
+        return _IMPLICIT[spec.lower()]
+    if spec.endswith(".xml"):
+        return spec
+    raise ValueError(f"unknown implicit solvent {spec!r}; expected one of {sorted(_IMPLICIT)} or an XML file")
+
+
+def _as_nm_array(positions) -> np.ndarray:
+    if unit.is_quantity(positions):
+        positions = positions.value_in_unit(unit.nanometer)
+    return np.array(positions, dtype=np.float64)

@@ -1,0 +1,59 @@
+"""Named systems: every CLI SYSTEM argument resolves through ``get``."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from openmm_cmt.systems.molecular_system import MolecularSystem
+
+_REGISTRY: dict[str, Callable[..., MolecularSystem]] = {}
+
+
+def register(name: str, factory: Callable[..., MolecularSystem]) -> None:
+    """Make ``factory()`` available as ``get(name)``."""
+    _REGISTRY[name] = factory
+
+
+def names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get(name: str, **kwargs) -> MolecularSystem:
+    """The MolecularSystem registered as ``name``.
+
+    Raises KeyError listing the known names when ``name`` is not registered.
+    """
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown system {name!r}; known systems: {', '.join(names())}") from None
+    return factory(**kwargs)
+
+
+def resolve(spec: str, forcefield_files=None, temperature: float | None = None, implicit_solvent=None) -> MolecularSystem:
+    """A MolecularSystem from a command-line SYSTEM argument.
+
+    ``spec`` is a registered name, or a path ending in ``.pdb`` (then
+    ``forcefield_files`` and ``implicit_solvent`` are used).
+    """
+    if spec.lower().endswith(".pdb"):
+        kwargs = {}
+        if forcefield_files:
+            kwargs["forcefield_files"] = tuple(forcefield_files)
+        if temperature is not None:
+            kwargs["temperature"] = temperature
+        return MolecularSystem.from_pdb(spec, implicit_solvent=implicit_solvent, **kwargs)
+    kwargs = {} if temperature is None else {"temperature": temperature}
+    return get(spec, **kwargs)
+
+
+def add_system_arguments(parser) -> None:
+    """The SYSTEM argument and its options, shared by every subcommand."""
+    parser.add_argument("system", metavar="SYSTEM", help=f"a registered system ({', '.join(names())}) or a PDB file")
+    parser.add_argument("--forcefield", nargs="+", default=None, help="force-field XMLs for a PDB SYSTEM")
+    parser.add_argument("--implicit-solvent", default=None, help="obc1, obc2, gbn, gbn2, hct or an XML, for a PDB SYSTEM")
+    parser.add_argument("--temperature", type=float, default=None, help="K (default: the system's own)")
+
+
+def system_from_args(args) -> MolecularSystem:
+    return resolve(args.system, args.forcefield, args.temperature, args.implicit_solvent)
