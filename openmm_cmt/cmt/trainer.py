@@ -1,0 +1,330 @@
+r"""Training a generator along an annealing path with Constrained Mass Transport.
+
+One annealing step i (``CMTTrainer.step``) with the current model :math:`q_i = q_\theta`:
+
+1. draw ``samples_per_step`` fresh samples :math:`x \sim q_i` without gradient and
+   evaluate :math:`\log\tilde p(x)` (each evaluation counted);
+2. choose :math:`q_{i+1}\propto q_i^\alpha\tilde p^\beta` along ``path`` from these fresh
+   samples (the CMT dual, or a fixed schedule; :mod:`openmm_cmt.cmt.paths`). Only fresh
+   samples enter the dual, so its Monte-Carlo estimates are plain averages over
+   :math:`q_i` without reweighting noise;
+3. push the fresh samples, less the ``drop_top_energy_fraction`` of highest energy, into
+   the replay buffer with :math:`\log q_{gen}(x)`, the log density of the model that
+   drew them;
+4. weight every buffer sample by
+   :math:`w(x) = q_{i+1}(x)/q_{gen}(x) = \exp(\alpha\log q_i(x) + \beta\log\tilde p(x)
+   - \log Z - \log q_{gen}(x))`, with :math:`q_i` the current model evaluated on the
+   buffer. :math:`q_{i+1}` is defined through the current model, so old samples need
+   :math:`\log q_i` afresh, while their proposal density stays the one they were drawn
+   from (each batch of the buffer is an unbiased importance sample of :math:`q_{i+1}`;
+   for fresh samples w is exactly the dual's weight);
+5. take ``grad_steps_per_step`` optimiser steps on the importance-weighted forward KL,
+   :math:`L = -\sum_{k\in B}\bar w_k\log q_\theta(x_k)` over uniform minibatches B of
+   the buffer, :math:`\bar w` self-normalised within the minibatch.
+
+``path="reverse-kl"`` replaces 1-5 by ``grad_steps_per_step`` iterations of
+reparameterised reverse KL, :math:`E_{q_\theta}[\log q_\theta - \log\tilde p]`, each on
+``reverse_kl_batch_size`` fresh samples (default ``samples_per_step //
+grad_steps_per_step``, so that every path spends the same evaluations per step).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+
+from openmm_cmt.cmt.buffer import ReplayBuffer
+from openmm_cmt.cmt.dual import DualSolution, annealing_step
+from openmm_cmt.cmt.paths import check_path, path_step
+
+
+@dataclasses.dataclass
+class CMTConfig:
+    """Settings of a CMT run (defaults suit small toy targets).
+
+    Attributes:
+        path: ``cmt``, ``trust-region``, ``entropy``, ``geometric-linear``,
+            ``temperature-ladder`` or ``reverse-kl`` (see :mod:`openmm_cmt.cmt.paths`).
+        eps_tr: trust-region radius KL(q_{i+1} || q_i) per step, nats.
+        eps_ent: largest entropy drop per step, nats.
+        n_steps: annealing steps of ``run()``.
+        samples_per_step: fresh samples (target evaluations) per annealing step.
+        buffer_size: replay-buffer capacity (samples); equal to ``samples_per_step``
+            uses fresh samples only.
+        grad_steps_per_step: optimiser steps per annealing step.
+        batch_size: minibatch size of the weighted forward-KL steps.
+        optimizer: ``adam`` or ``adamw``; lr, weight_decay: its settings.
+        lr_schedule: ``constant`` or ``cosine`` (to zero over n_steps * grad_steps_per_step).
+        grad_clip: largest gradient norm (None: no clipping).
+        drop_top_energy_fraction: fraction of each step's fresh samples with the highest
+            energy (lowest log p~) kept out of the buffer.
+        seed: seeds torch, numpy and python RNGs at construction.
+        n_geometric: length of the geometric-linear schedule (None: n_steps).
+        t_high_factor, n_temperatures: the temperature ladder, T_high = factor * T down
+            to T in n_temperatures geometric rungs.
+        reverse_kl_batch_size: samples per reverse-KL iteration (None:
+            samples_per_step // grad_steps_per_step).
+    """
+
+    path: str = "cmt"
+    eps_tr: float = 0.5
+    eps_ent: float = 1.0
+    n_steps: int = 20
+    samples_per_step: int = 4096
+    buffer_size: int = 16384
+    grad_steps_per_step: int = 100
+    batch_size: int = 1024
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    lr_schedule: str = "constant"
+    weight_decay: float = 0.0
+    grad_clip: float | None = 10.0
+    drop_top_energy_fraction: float = 0.0
+    seed: int = 0
+    n_geometric: int | None = None
+    t_high_factor: float = 4.0
+    n_temperatures: int = 5
+    reverse_kl_batch_size: int | None = None
+
+    def __post_init__(self):
+        check_path(self.path)
+        for name in ("n_steps", "samples_per_step", "buffer_size", "grad_steps_per_step", "batch_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.samples_per_step < 2:
+            raise ValueError("samples_per_step must be at least 2 (the dual needs a sample average)")
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be 'adam' or 'adamw', got {self.optimizer!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.drop_top_energy_fraction < 1.0:
+            raise ValueError(f"drop_top_energy_fraction must be in [0, 1), got {self.drop_top_energy_fraction}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
+        if self.path == "reverse-kl" and self.rkl_batch < 2:
+            raise ValueError("reverse-kl needs at least 2 samples per iteration (reverse_kl_batch_size)")
+        for name in ("eps_tr", "eps_ent"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive (nats), got {getattr(self, name)}")
+
+    @property
+    def rkl_batch(self) -> int:
+        if self.reverse_kl_batch_size is not None:
+            return self.reverse_kl_batch_size
+        return max(1, self.samples_per_step // self.grad_steps_per_step)
+
+
+class CMTTrainer:
+    """Fits ``flow`` (``sample(n) -> (x, log_q)``, ``log_prob(x) -> [B]``; x with any
+    per-sample shape) to ``target`` (``log_prob``, ``n_evaluations``) along
+    ``config.path``; see the module docstring for one step.
+
+    Attributes:
+        history: one dict per annealing step: step, path, lam, eta, alpha, beta, kl,
+            entropy_drop, ess (of the step weights), log_z, is_final, dual_iterations,
+            dual_converged, evaluations (target evaluations so far), loss (mean over the
+            step's gradient steps), lr, step_wall_s, wall_s (cumulative).
+        n_evaluations: target evaluations made by this trainer (survives resume).
+    """
+
+    def __init__(self, flow: torch.nn.Module, target, config: CMTConfig | None = None):
+        self.config = config = config or CMTConfig()
+        if not (hasattr(target, "log_prob") and hasattr(target, "n_evaluations")):
+            raise ValueError("target must have log_prob(x) and n_evaluations (see openmm_cmt.cmt.target)")
+        self.flow, self.target = flow, target
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed % 2**32)
+        random.seed(config.seed)
+        self.generator = torch.Generator().manual_seed(config.seed)
+        params = [p for p in flow.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.total_grad_steps = config.n_steps * config.grad_steps_per_step
+        self.scheduler = (
+            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_grad_steps)
+            if config.lr_schedule == "cosine"
+            else None
+        )
+        self.buffer = ReplayBuffer(config.buffer_size)
+        self.step_index = 0
+        self.grad_step_index = 0
+        self.n_evaluations = 0
+        self.wall_s = 0.0
+        self.history: list[dict] = []
+        self._init = (1.0, 1.0)
+
+    # -- target evaluations, counted exactly -------------------------------------------
+    def _log_p(self, x: torch.Tensor) -> torch.Tensor:
+        before = self.target.n_evaluations
+        out = self.target.log_prob(x)
+        self.n_evaluations += self.target.n_evaluations - before
+        return out.to(torch.float64)
+
+    def _log_q(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            chunks = [self.flow.log_prob(x[i : i + 8192]) for i in range(0, x.shape[0], 8192)]
+        return torch.cat(chunks).to(torch.float64)
+
+    # -- one annealing step --------------------------------------------------------------
+    def step(self) -> dict:
+        """One annealing step; returns (and appends to ``history``) its record."""
+        t0 = time.perf_counter()
+        if self.config.path == "reverse-kl":
+            solution, losses = self._reverse_kl_step()
+        else:
+            solution, losses = self._annealing_step()
+        self._init = (max(solution.lam, 1e-3), max(solution.eta, 1e-3))
+        elapsed = time.perf_counter() - t0
+        self.wall_s += elapsed
+        record = {"step": self.step_index, "path": self.config.path}
+        record.update(solution.summary())
+        record.pop("entropy")
+        record["dual_iterations"] = record.pop("iterations")
+        record["dual_converged"] = record.pop("converged")
+        record.update(
+            evaluations=self.n_evaluations,
+            loss=float(np.mean(losses)) if losses else float("nan"),
+            lr=self.optimizer.param_groups[0]["lr"],
+            step_wall_s=elapsed,
+            wall_s=self.wall_s,
+        )
+        self.history.append(record)
+        self.step_index += 1
+        return record
+
+    def _annealing_step(self) -> tuple[DualSolution, list[float]]:
+        c = self.config
+        with torch.no_grad():
+            x, log_q_gen = self.flow.sample(c.samples_per_step)
+            log_p = self._log_p(x)
+        log_q_gen = log_q_gen.detach().to(torch.float64)
+        if not torch.isfinite(log_q_gen).all():
+            raise ValueError("the flow returned non-finite log densities for its own samples")
+        solution = path_step(
+            c.path, log_q_gen, log_p, self.step_index, eps_tr=c.eps_tr, eps_ent=c.eps_ent,
+            n_geometric=c.n_geometric or c.n_steps, t_high_factor=c.t_high_factor,
+            n_temperatures=c.n_temperatures, init=self._init,
+        )
+        n_drop = int(math.floor(c.drop_top_energy_fraction * x.shape[0]))
+        keep = torch.argsort(log_p, descending=True, stable=True)[: x.shape[0] - n_drop].sort().values
+        self.buffer.push(x[keep], log_q_gen[keep], log_p[keep])
+
+        buf_x = self.buffer.x
+        log_w = self.buffer_log_weights(solution)
+        losses = []
+        n = len(self.buffer)
+        order = torch.randperm(n, generator=self.generator)
+        cursor = 0
+        for _ in range(c.grad_steps_per_step):
+            if cursor + min(c.batch_size, n) > n:
+                order, cursor = torch.randperm(n, generator=self.generator), 0
+            idx = order[cursor : cursor + c.batch_size]
+            cursor += idx.numel()
+            weights = torch.softmax(log_w[idx], 0)
+            log_q = self.flow.log_prob(buf_x[idx]).to(torch.float64)
+            losses.append(self._optimise(-(weights * log_q).sum()))
+        return solution, losses
+
+    def buffer_log_weights(self, solution: DualSolution) -> torch.Tensor:
+        """log q_{i+1}(x) - log q_gen(x) for every buffer sample, with q_i the current
+        model (unnormalised over the buffer; minibatches self-normalise)."""
+        return solution.log_density(self._log_q(self.buffer.x), self.buffer.log_p) - self.buffer.log_q
+
+    def _reverse_kl_step(self) -> tuple[DualSolution, list[float]]:
+        c = self.config
+        losses, solution = [], None
+        for _ in range(c.grad_steps_per_step):
+            x, log_q = self.flow.sample(c.rkl_batch)
+            log_p = self._log_p(x)
+            log_q = log_q.to(torch.float64)
+            if solution is None:
+                # Diagnostics of the model at the start of the step, on samples already paid for.
+                solution = annealing_step(log_q.detach(), log_p.detach(), 0.0, 1.0)
+            losses.append(self._optimise((log_q - log_p).mean()))
+        return solution, losses
+
+    def _optimise(self, loss: torch.Tensor) -> float:
+        if not torch.isfinite(loss):
+            raise ValueError(f"non-finite training loss at annealing step {self.step_index}: {float(loss)}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.flow.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        self.grad_step_index += 1
+        if self.scheduler is not None and self.grad_step_index <= self.total_grad_steps:
+            self.scheduler.step()
+        return float(loss.detach())
+
+    def run(self, n_steps: int | None = None, callback: Callable | None = None) -> list[dict]:
+        """Annealing steps until ``n_steps`` (default ``config.n_steps``) have been taken in
+        total (a resumed trainer continues where it stopped). ``callback(trainer, record)``
+        runs after each step; returning True stops early. Returns ``history``."""
+        n_steps = self.config.n_steps if n_steps is None else n_steps
+        while self.step_index < n_steps:
+            record = self.step()
+            if callback is not None and callback(self, record):
+                break
+        return self.history
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit-for-bit (tensors and plain python only, so it
+        loads with ``torch.load(weights_only=True)``)."""
+        np_state = np.random.get_state()
+        py_version, py_state, py_gauss = random.getstate()
+        return {
+            "config": dataclasses.asdict(self.config),
+            "flow": self.flow.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "buffer": self.buffer.state_dict(),
+            "step_index": self.step_index,
+            "grad_step_index": self.grad_step_index,
+            "n_evaluations": self.n_evaluations,
+            "wall_s": self.wall_s,
+            "init": list(self._init),
+            "history": [dict(r) for r in self.history],
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "generator": self.generator.get_state(),
+                "numpy": {
+                    "key": torch.from_numpy(np_state[1].astype(np.int64)),
+                    "pos": int(np_state[2]),
+                    "has_gauss": int(np_state[3]),
+                    "cached_gaussian": float(np_state[4]),
+                },
+                "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
+            },
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["config"]["path"] != self.config.path:
+            raise ValueError(f"checkpoint was trained with path {state['config']['path']!r}, not {self.config.path!r}")
+        self.flow.load_state_dict(state["flow"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state["scheduler"] is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.buffer.load_state_dict(state["buffer"])
+        self.step_index = int(state["step_index"])
+        self.grad_step_index = int(state["grad_step_index"])
+        self.n_evaluations = int(state["n_evaluations"])
+        self.wall_s = float(state["wall_s"])
+        self._init = tuple(state["init"])
+        self.history = [dict(r) for r in state["history"]]
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.generator.set_state(rng["generator"])
+        n = rng["numpy"]
+        np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+        p = rng["python"]
+        random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))

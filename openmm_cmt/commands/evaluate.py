@@ -1,0 +1,32 @@
+"""openmm-cmt evaluate RUN: metrics, plots and report of a trained run."""
+
+from __future__ import annotations
+
+import os
+
+
+def add_arguments(p) -> None:
+    p.add_argument("run", metavar="RUN", help="run folder written by openmm-cmt train")
+    p.add_argument("--reference", default=None, help=".npz from openmm-cmt reference")
+    p.add_argument("--n-samples", type=int, default=None, help="generator samples (default: the run's eval_samples)")
+    p.add_argument("--bins", type=int, default=100, help="Ramachandran histogram bins per axis")
+    p.add_argument("--device", default=None, choices=["cpu", "cuda"])
+    p.add_argument("--seed", type=int, default=0)
+
+
+def run(args) -> int:
+    import torch
+
+    from openmm_cmt.commands.train import _print_metrics
+    from openmm_cmt.evaluation import evaluate
+    from openmm_cmt.sampler import BoltzmannGeneratorSampler
+
+    sampler = BoltzmannGeneratorSampler.load(args.run, device=args.device)
+    torch.manual_seed(args.seed)
+    n = args.n_samples or sampler.config.eval_samples
+    m = evaluate(sampler, args.run, n_samples=n, reference=args.reference, bins=args.bins)
+    _print_metrics(m)
+    print(f"metrics: {os.path.join(args.run, 'metrics.json')}")
+    print(f"report: {os.path.join(args.run, 'report.html')}")
+    sampler.close()
+    return 0

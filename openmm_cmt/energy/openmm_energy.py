@@ -1,0 +1,264 @@
+"""Exact OpenMM energies of batches, one Context evaluation per conformation.
+
+OpenMM returns one energy per Context call (force groups, CustomCVForce and
+TorchForce cannot split a replicated System into per-copy energies, see NOTES section
+3), so a batch is spread over a pool of worker processes, each holding one Context.
+Batches travel in chunks through shared memory; the pipes carry only control
+messages. This is the engine of record: every other engine is checked against it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import threading
+import warnings
+
+import numpy as np
+import torch
+import openmm
+
+from openmm_cmt.energy._pool_worker import evaluate, make_context, seconds_per_evaluation
+from openmm_cmt.energy.base import EnergyEngine
+
+#: Platforms whose Contexts run on one device each; the others use one CPU core each.
+GPU_PLATFORMS = ("CUDA", "OpenCL", "HIP", "Metal")
+
+#: Largest shared-memory block per worker when ``chunk_size`` is automatic (bytes).
+_BLOCK_BYTES = 8 * 2**20
+_MAX_AUTO_CHUNK = 1024
+
+
+def available_platforms() -> list[str]:
+    """Names of the OpenMM platforms that loaded (a listed GPU platform may still lack a device)."""
+    return [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def _platform_name(name: str) -> str:
+    names = available_platforms()
+    for candidate in names:
+        if candidate.lower() == str(name).lower():
+            return candidate
+    raise ValueError(f"platform must be 'auto' or one of {names}, got {name!r}")
+
+
+def _gpu_count(platform: str) -> int:
+    if platform == "CUDA" and torch.cuda.is_available():
+        return max(1, torch.cuda.device_count())
+    return 1
+
+
+class OpenMMEnergy(EnergyEngine):
+    """Potential energies (and forces) from OpenMM, one exact evaluation per conformation.
+
+    Args:
+        molsys: a ``MolecularSystem`` (its ``system``, ``positions`` and ``kT`` are used).
+        platform: ``"auto"`` or an OpenMM platform name (Reference, CPU, CUDA, OpenCL).
+            ``"auto"`` times ``measure_seconds`` of single-conformation evaluations of
+            the reference structure on every platform that creates a Context, scales
+            each rate by the number of Contexts it can run at once (one per core for
+            Reference and CPU, one per GPU otherwise) and takes the fastest. The rates
+            are kept in ``platform_rates`` (evaluations/s of one Context).
+        n_workers: worker processes; ``"auto"`` is one per usable core for CPU platforms
+            and one per GPU for GPU platforms. ``0`` evaluates in this process.
+        system_factory: a picklable zero-argument callable returning the System (or a
+            MolecularSystem), called once in each worker. Needed only for Systems that
+            cannot be serialised to XML (e.g. an ``openmm.PythonForce`` whose function
+            cannot be pickled); without it such a System is evaluated in-process
+            (``n_workers=0``) with a RuntimeWarning.
+        chunk_size: conformations per message to a worker. By default a batch is cut
+            into about four chunks per worker (for load balance) of at most 1024
+            conformations and 8 MiB each.
+        properties: OpenMM platform properties overriding the defaults (CPU:
+            Threads=1 per Context; CUDA/OpenCL: Precision=mixed).
+        measure_seconds: timing per platform for ``platform="auto"``.
+
+    Non-finite positions, and conformations for which OpenMM raises or returns NaN,
+    get +inf energy and zero forces (counted in ``n_nonfinite``). A worker that dies
+    or hangs is restarted and its chunk recomputed (``n_restarts`` counts them).
+    Scripts that create a pool need the ``if __name__ == "__main__":`` guard, as every
+    'spawn' multiprocessing program does.
+    """
+
+    def __init__(
+        self,
+        molsys,
+        platform: str = "auto",
+        n_workers="auto",
+        system_factory=None,
+        chunk_size: int | None = None,
+        properties: dict | None = None,
+        measure_seconds: float = 0.2,
+    ):
+        for attr in ("system", "positions", "kT"):
+            if not hasattr(molsys, attr):
+                raise TypeError(f"molsys must be a MolecularSystem (with .{attr}), got {type(molsys).__name__}")
+        super().__init__(molsys.system.getNumParticles(), molsys.kT)
+        if n_workers != "auto" and not (isinstance(n_workers, int) and n_workers >= 0):
+            raise ValueError(f"n_workers must be 'auto' or an integer >= 0, got {n_workers!r}")
+        if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
+            raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
+        self.system = molsys.system
+        self.positions = np.asarray(molsys.positions, dtype=np.float64)
+        self.properties = dict(properties or {})
+        self.chunk_size = chunk_size
+        self._pool = None
+        self._context = None
+        self._closed = False
+        self._lock = threading.Lock()  # one batch at a time: the workers' blocks are shared
+
+        system_spec = self._system_spec(system_factory) if n_workers != 0 else None
+        if system_spec is None and n_workers != 0:
+            n_workers = 0
+
+        self.platform_rates: dict[str, float] = {}
+        self.platform_errors: dict[str, str] = {}
+        if platform == "auto":
+            self.platform = self._measure_platforms(n_workers, measure_seconds)
+        else:
+            self.platform = _platform_name(platform)
+        if n_workers == "auto":
+            n_workers = _gpu_count(self.platform) if self.platform in GPU_PLATFORMS else usable_cores()
+        self.n_workers = int(n_workers)
+
+        if self.n_workers == 0:
+            if self._context is None:
+                self._context = make_context(self.system, self.platform, self.properties)
+        else:
+            self._context = None  # the measurement Context is not needed in this process
+            from openmm_cmt.energy._openmm_pool import WorkerPool
+
+            row_bytes = 8 * (1 + 3 * self.n_atoms)
+            capacity = chunk_size or max(1, min(_MAX_AUTO_CHUNK, _BLOCK_BYTES // row_bytes))
+            self._pool = WorkerPool(system_spec, self.platform, self._worker_properties(), self.n_workers,
+                                    capacity, self.n_atoms, self.positions)
+
+    def _worker_properties(self) -> list[dict]:
+        """Per-worker platform properties: on several GPUs, worker i uses device i mod count."""
+        devices = _gpu_count(self.platform) if self.platform in GPU_PLATFORMS else 1
+        out = []
+        for i in range(self.n_workers):
+            props = dict(self.properties)
+            if devices > 1 and "DeviceIndex" not in props:
+                props["DeviceIndex"] = str(i % devices)
+            out.append(props)
+        return out
+
+    def _system_spec(self, system_factory):
+        """What a worker needs to rebuild the System, or None to evaluate in-process."""
+        if system_factory is not None:
+            if not callable(system_factory):
+                raise TypeError(f"system_factory must be a zero-argument callable, got {system_factory!r}")
+            try:
+                pickle.dumps(system_factory)
+            except Exception as err:
+                raise TypeError(
+                    f"system_factory must be picklable (a module-level function or functools.partial): {err}"
+                ) from err
+            return system_factory
+        try:
+            return openmm.XmlSerializer.serialize(self.system)
+        except Exception as err:
+            warnings.warn(
+                f"the System cannot be serialised to XML ({err}); evaluating in this process "
+                "(n_workers=0). Pass system_factory= to use worker processes.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return None
+
+    def _measure_platforms(self, n_workers, seconds: float) -> str:
+        """Time every platform and keep the fastest for this pool size."""
+        cores = usable_cores()
+        best, best_rate, best_context = None, -1.0, None
+        for name in available_platforms():
+            try:
+                context = make_context(self.system, name, self.properties)
+                per_eval, energy = seconds_per_evaluation(context, self.positions, seconds)
+            except Exception as err:  # no device, missing kernels, ...
+                self.platform_errors[name] = str(err).splitlines()[0] if str(err) else type(err).__name__
+                continue
+            if not math.isfinite(energy):
+                self.platform_errors[name] = f"non-finite energy {energy} at the reference positions"
+                continue
+            rate = 1.0 / per_eval
+            self.platform_rates[name] = rate
+            if n_workers == 0:
+                parallel = 1
+            elif name in GPU_PLATFORMS:
+                parallel = _gpu_count(name)
+            else:
+                parallel = cores if n_workers == "auto" else min(n_workers, cores)
+            if rate * parallel > best_rate:
+                best, best_rate, best_context = name, rate * parallel, context
+            del context
+        if best is None:
+            raise RuntimeError(f"no OpenMM platform could evaluate the System: {self.platform_errors}")
+        self._context = best_context
+        return best
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (empty when evaluating in-process)."""
+        return [] if self._pool is None else self._pool.pids
+
+    @property
+    def n_restarts(self) -> int:
+        """Workers restarted after dying, hanging or raising."""
+        return 0 if self._pool is None else self._pool.n_restarts
+
+    def _auto_chunk(self, n: int) -> int:
+        if self.chunk_size is not None:
+            return self.chunk_size
+        # about four chunks per worker, so that a slow worker does not hold up the call
+        return max(1, min(self._pool.capacity, math.ceil(n / (4 * self.n_workers))))
+
+    def _energy(self, x: torch.Tensor, forces: bool):
+        if self._closed:
+            raise RuntimeError("this OpenMMEnergy is closed")
+        xn = np.ascontiguousarray(x.detach().to("cpu", torch.float64).numpy())
+        n = xn.shape[0]
+        energies = np.full(n, np.inf)
+        all_forces = np.zeros((n, self.n_atoms, 3)) if forces else None
+        # Non-finite conformations never reach OpenMM (the CPU platform raises on them).
+        finite = np.flatnonzero(np.isfinite(xn).all(axis=(1, 2)))
+        if finite.size:
+            xs = xn if finite.size == n else np.ascontiguousarray(xn[finite])
+            with self._lock:
+                if self._pool is not None:
+                    e, f = self._pool.evaluate(xs, forces, self._auto_chunk(xs.shape[0]))
+                else:
+                    e = np.empty(xs.shape[0])
+                    f = np.empty_like(xs) if forces else None
+                    evaluate(self._context, xs, e, f)
+            energies[finite] = e
+            if forces:
+                all_forces[finite] = f
+        bad = ~np.isfinite(energies)
+        energies[bad] = np.inf
+        e_t = torch.from_numpy(energies).to(x.device)
+        if not forces:
+            return e_t
+        all_forces[bad] = 0.0
+        return e_t, torch.from_numpy(all_forces).to(x.device)
+
+    def close(self) -> None:
+        """Stop the workers and free their shared memory (idempotent)."""
+        self._closed = True
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        self._context = None
+
+    def __repr__(self) -> str:
+        where = "in-process" if self.n_workers == 0 else f"{self.n_workers} workers"
+        return f"OpenMMEnergy(platform={self.platform!r}, {where}, n_atoms={self.n_atoms})"

@@ -1,0 +1,25 @@
+"""TorchEnergy: an OpenMM System compiled to one batched torch module.
+
+``TorchEnergy.from_openmm(system)`` builds an ``nn.Module`` mapping positions
+``[B, N, 3]`` (nm) to potential energies ``[B]`` (kJ/mol), one term per OpenMM force,
+forces by autograd; it is ``torch.jit.script``-able. ``TorchEnergyEngine`` wraps it as an
+``EnergyEngine`` with device placement, memory-bounded chunking and optional
+``torch.compile``. Systems it cannot compile raise ``UnsupportedSystemError``.
+
+Builders: ``build(force, system, dtype) -> nn.Module | None`` per OpenMM force class,
+native ones in ``bonded``, ``nonbonded`` and ``obc``, Custom*Force ones in ``custom``.
+"""
+
+from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
+from openmm_cmt.energy.torch_energy.module import TorchEnergy, builders, time_terms
+
+__all__ = ["TorchEnergy", "TorchEnergyEngine", "UnsupportedSystemError", "builders", "time_terms"]
+
+
+def __getattr__(name):
+    # The engine pulls in the EnergyEngine machinery; the module alone does not need it.
+    if name == "TorchEnergyEngine":
+        from openmm_cmt.energy.torch_energy.engine import TorchEnergyEngine
+
+        return TorchEnergyEngine
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

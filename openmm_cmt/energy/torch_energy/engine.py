@@ -1,0 +1,119 @@
+"""TorchEnergyEngine: a TorchEnergy as an EnergyEngine, with memory-bounded chunks."""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import torch
+
+from openmm_cmt.energy.base import EnergyEngine
+from openmm_cmt.energy.torch_energy.module import TorchEnergy
+
+#: Default memory budget on CPU, in bytes.
+CPU_MEMORY_BUDGET = 1 << 30
+#: Default fraction of free GPU memory one chunk may use.
+CUDA_MEMORY_FRACTION = 0.5
+#: Live intermediates of the size of a term's largest one, per element of work, with
+#: the autograd graph kept (eager mode; fusion under torch.compile needs less).
+_LIVE_COPIES = 6
+
+
+def _compiler_available() -> bool:
+    return any(shutil.which(cc) for cc in ("c++", "g++", "clang++"))
+
+
+class TorchEnergyEngine(EnergyEngine):
+    """Batched energies (and autograd forces) of a MolecularSystem with TorchEnergy.
+
+    Args:
+        molsys: a ``MolecularSystem`` (its ``system`` and ``kT`` are used).
+        device: where to compute; None picks CUDA when available, else CPU.
+        dtype: compute dtype, ``torch.float32`` or ``torch.float64``. Energies are
+            accumulated and returned in float64 either way.
+        compile: ``True``, ``False`` or ``"auto"`` (``torch.compile`` on CUDA, and on
+            CPU when a C++ compiler is found). If compilation fails the engine warns
+            and falls back to the eager module.
+        memory_budget_bytes: bytes one chunk may use; default 1 GiB on CPU and half of
+            the free memory on CUDA. Batches are split into chunks of
+            ``chunk_size = budget // bytes_per_conformation`` conformations.
+
+    Raises ``UnsupportedSystemError`` when the System cannot be compiled.
+    """
+
+    def __init__(self, molsys, device=None, dtype=torch.float64, compile="auto", memory_budget_bytes=None):
+        super().__init__(molsys.n_atoms, molsys.kT)
+        if compile not in (True, False, "auto"):
+            raise ValueError(f"compile must be True, False or 'auto', got {compile!r}")
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.module = TorchEnergy.from_openmm(molsys.system, dtype=dtype, device=self.device)
+        if compile == "auto":
+            compile = self.device.type == "cuda" or _compiler_available()
+        self._compiled = torch.compile(self.module, dynamic=True) if compile else None
+        if memory_budget_bytes is None:
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                memory_budget_bytes = int(CUDA_MEMORY_FRACTION * free)
+            else:
+                memory_budget_bytes = CPU_MEMORY_BUDGET
+        if memory_budget_bytes <= 0:
+            raise ValueError(f"memory_budget_bytes must be positive, got {memory_budget_bytes}")
+        self.memory_budget_bytes = int(memory_budget_bytes)
+        self.chunk_size = max(1, self.memory_budget_bytes // self.bytes_per_conformation())
+
+    @property
+    def compiled(self) -> bool:
+        """Whether calls go through ``torch.compile``."""
+        return self._compiled is not None
+
+    def bytes_per_conformation(self) -> int:
+        """Estimated peak bytes one conformation needs with forces (the larger case)."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        return 2 * _LIVE_COPIES * itemsize * self.module.work_elements() + 64 * self.n_atoms
+
+    def _call(self, x: torch.Tensor) -> torch.Tensor:
+        if self._compiled is not None:
+            try:
+                return self._compiled(x)
+            except Exception as err:  # compilation errors surface at the first call
+                warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); using the eager module",
+                              RuntimeWarning, stacklevel=3)
+                self._compiled = None
+        return self.module(x)
+
+    def _chunk(self, x: torch.Tensor, forces: bool):
+        x = x.to(device=self.device, dtype=self.dtype)
+        if not forces:
+            with torch.no_grad():
+                return self._call(x), None
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            e = self._call(x)
+            (grad,) = torch.autograd.grad(e.sum(), x)
+        return e.detach(), -grad
+
+    def _energy(self, x: torch.Tensor, forces: bool):
+        out_device = x.device
+        energies, force_chunks = [], []
+        for start in range(0, x.shape[0], self.chunk_size):
+            e, f = self._chunk(x[start:start + self.chunk_size], forces)
+            energies.append(e.to(device=out_device, dtype=torch.float64))
+            if forces:
+                force_chunks.append(f.to(device=out_device, dtype=torch.float64))
+        if not energies:
+            e = torch.zeros(0, dtype=torch.float64, device=out_device)
+            f = torch.zeros(0, self.n_atoms, 3, dtype=torch.float64, device=out_device)
+        else:
+            e = torch.cat(energies)
+            f = torch.cat(force_chunks) if forces else None
+        if not forces:
+            return e
+        bad = ~torch.isfinite(e)
+        f = torch.where(bad[:, None, None], torch.zeros_like(f), f)
+        return e, f
+
+    def term_names(self) -> list[str]:
+        return self.module.term_names()

@@ -1,0 +1,302 @@
+r"""The Boltzmann generator of a molecule: prior -> spline flow -> scaled ICs -> positions.
+
+Pipeline (``latent_to_positions``), all maps bijective on their supports:
+
+    z ~ prior                       [B, D], D = 3N - 6, kinds per dimension
+    y = flow(z)                     spline coupling flow, same kinds
+    ic = centre + half_width * y    affine per dimension (identity on circular ones)
+    x = to_cartesian(ic)            ``InternalCoordinateTransform``, canonical frame
+
+Dimension kinds and the IC scaling (``from_system``), around the reference structure
+(the MolecularSystem's positions, a minimum):
+
+* bonds: BOUNDED, ``[b_ref - bond_width, b_ref + bond_width]`` (low end at least
+  ``b_ref / 5``) mapped to ``[-1, 1]``;
+* angles: BOUNDED, ``[a_ref - angle_width, a_ref + angle_width]`` cut to
+  ``[ANGLE_MARGIN, pi - ANGLE_MARGIN]`` (never reaching 0 or pi) mapped to ``[-1, 1]``;
+* chiral dihedrals (and methyl-permutation impropers): BOUNDED, their half-range
+  ``(0, pi)`` or ``(-pi, 0)`` mapped to ``[-1, 1]``, so generated stereocentres keep the
+  reference handedness by construction (TA-BG's scheme);
+* other dihedrals: CIRCULAR on ``[-pi, pi)``, unscaled.
+
+The prior is uniform on the torus for circular dimensions and (default) a normal of
+standard deviation ``prior_sigma`` truncated to ``[-1, 1]`` for bounded ones (TA-BG).
+
+Density contract. With ``log_det_ic(x) = log|d ic / dx|`` from
+``InternalCoordinateTransform.to_internal`` (its docstring defines the measure: Cartesian
+volume modulo rigid motions, ``dx = exp(-log_det_ic) dt dR d(ic)``),
+
+    log_prob(x) = log p_z(z) + log|det dz/dy| - sum_{bounded} log half_width + log_det_ic(x)
+
+is a density of x with respect to ``dx / (dt dR)``: invariant to rotation and
+translation of x. Therefore, with u = E / kT,
+
+    w(x) = exp(-u(x) - log_prob(x)),   x ~ sample(n),
+
+are correct (unnormalised) importance weights for the Boltzmann distribution of the
+internal degrees of freedom; self-normalised averages need no further factor (the
+constant rigid-motion volume cancels). ``sample`` returns positions in the canonical
+frame of the transform: the Z-matrix's row-0 atom at the origin, the row-1 atom on the
++x axis, the row-2 atom in the xy-plane with y > 0. Positions outside the support (a
+bounded coordinate beyond its interval by more than ``SUPPORT_TOLERANCE`` in scaled
+units, a flipped stereocentre, coincident atoms, non-finite values) get
+``log_prob = -inf``, never NaN; within the tolerance they are clamped to the boundary.
+"""
+
+import math
+from typing import Dict, List, Optional, Tuple
+
+import torch
+from torch import nn
+
+from openmm_cmt.flows.coupling import BOUNDED, CIRCULAR, SplineFlow
+from openmm_cmt.flows.priors import IndependentPrior
+
+#: Closest an angle's interval comes to 0 or pi (rad): the IC map is singular there.
+ANGLE_MARGIN = 0.05
+#: Scaled coordinates up to this far outside [-1, 1] count as inside (float rounding
+#: of a Cartesian round trip) and are clamped; beyond it the density is 0.
+SUPPORT_TOLERANCE = 1e-4
+
+#: Flow sizes. "gpu" is close to TA-BG (NOTES section 6: 8 ALL->ALL blocks and their
+#: reverses, MLP 5 x 256, 8 bins; 7.4 M parameters for alanine dipeptide); "cpu" is a
+#: laptop-sized default (0.94 M parameters for alanine dipeptide).
+PRESETS: Dict[str, Dict[str, int]] = {
+    "cpu": {"n_layers": 8, "hidden": 128, "depth": 2},
+    "gpu": {"n_layers": 16, "hidden": 256, "depth": 5},
+}
+
+
+class Generator(nn.Module):
+    """Normalizing flow over the internal coordinates of one molecule (module docstring).
+
+    Build with ``Generator.from_system``. TorchScript-able (``torch.jit.script``).
+
+    Attributes:
+        n_atoms, dim: atoms and internal dimensions (3N - 6).
+        temperature: K, the MolecularSystem's.
+        elements, atom_names: per atom, in the System's order.
+        build_config: the keyword arguments of ``from_system`` (rebuild, then
+            ``load_state_dict``).
+    """
+
+    __jit_ignored_attributes__ = ["build_config"]
+
+    n_atoms: int
+    dim: int
+    temperature: float
+    support_tolerance: float
+    elements: List[str]
+    atom_names: List[str]
+
+    def __init__(
+        self,
+        flow: SplineFlow,
+        prior: IndependentPrior,
+        transform: nn.Module,
+        ic_centre: torch.Tensor,
+        ic_half_width: torch.Tensor,
+        temperature: float,
+        elements: List[str],
+        atom_names: List[str],
+    ):
+        super().__init__()
+        dim = int(transform.dim)
+        kinds = flow.kinds
+        if prior.dim != dim or flow.dim != dim or ic_centre.shape != (dim,) or ic_half_width.shape != (dim,):
+            raise ValueError(f"flow, prior and IC scaling must all have {dim} dimensions (3N - 6)")
+        if not torch.equal(kinds.cpu(), prior.kinds.cpu()):
+            raise ValueError("flow and prior disagree on the dimension kinds")
+        if not bool((ic_half_width > 0).all()):
+            raise ValueError("IC half-widths must be positive")
+        if len(elements) != transform.n_atoms or len(atom_names) != transform.n_atoms:
+            raise ValueError(f"elements and atom_names need one entry per atom ({transform.n_atoms})")
+        self.flow = flow
+        self.prior = prior
+        self.transform = transform
+        self.n_atoms = int(transform.n_atoms)
+        self.dim = dim
+        self.temperature = float(temperature)
+        self.elements = list(elements)
+        self.atom_names = list(atom_names)
+        self.build_config: dict = {}
+        self.support_tolerance = SUPPORT_TOLERANCE
+        bounded = kinds == BOUNDED
+        self.register_buffer("bounded", bounded)
+        self.register_buffer("ic_centre", ic_centre.to(torch.get_default_dtype()))
+        self.register_buffer("ic_half_width", ic_half_width.to(torch.get_default_dtype()))
+
+    # -- construction ----------------------------------------------------------------
+
+    @classmethod
+    def from_system(
+        cls,
+        molsys,
+        preset: str = "cpu",
+        n_layers: Optional[int] = None,
+        hidden: Optional[int] = None,
+        depth: Optional[int] = None,
+        n_bins: int = 8,
+        masking: str = "all2all",
+        torsion_shifts: bool = True,
+        seed: int = 0,
+        fix_methyl_permutation: bool = False,
+        bond_width: float = 0.04,
+        angle_width: float = 0.6,
+        prior: str = "truncated_normal",
+        prior_sigma: float = 0.5,
+        zmatrix=None,
+    ) -> "Generator":
+        """A fresh generator for ``molsys`` (an ``openmm_cmt.systems.MolecularSystem``).
+
+        Args:
+            preset: ``"cpu"`` or ``"gpu"`` (``PRESETS``); ``n_layers``, ``hidden`` and
+                ``depth`` override it.
+            n_layers: coupling layers (``"all2all"`` pairs a random split with its reverse).
+            hidden, depth: conditioner MLP width and hidden-layer count.
+            n_bins: spline bins.
+            masking: ``"all2all"``, ``"alternating"`` or ``"random"``.
+            torsion_shifts: fixed random phase shifts of the torsions between layers.
+            seed: seeds masks, shifts and initial weights.
+            fix_methyl_permutation: keep equivalent terminal hydrogens from swapping
+                labels (constrains their improper dihedrals, as for stereocentres).
+            bond_width: nm, half-width of each bond's interval around the reference.
+            angle_width: rad, half-width of each angle's interval (cut inside (0, pi)).
+            prior: ``"truncated_normal"`` or ``"uniform"`` for the bounded dimensions.
+            prior_sigma: standard deviation of the truncated normal in scaled units.
+            zmatrix: optional ``[N, 4]`` Z-matrix overriding ``build_zmatrix``.
+
+        A fresh flow is the identity, so the generator starts as its prior.
+        """
+        from openmm_cmt.coordinates import InternalCoordinateTransform
+        from openmm_cmt.coordinates.graph import as_molecule_graph
+
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
+        if not bond_width > 0 or not angle_width > 0:
+            raise ValueError(f"bond_width and angle_width must be positive, got {bond_width}, {angle_width}")
+        size = dict(PRESETS[preset])
+        for key, value in (("n_layers", n_layers), ("hidden", hidden), ("depth", depth)):
+            if value is not None:
+                size[key] = int(value)
+        if zmatrix is None:
+            transform = InternalCoordinateTransform.from_topology(
+                molsys.topology, molsys.positions, fix_methyl_permutation=fix_methyl_permutation
+            )
+        else:
+            transform = InternalCoordinateTransform(
+                zmatrix, molsys.positions, as_molecule_graph(molsys.topology), fix_methyl_permutation
+            )
+        kinds, centre, half_width = ic_scaling(transform, bond_width, angle_width)
+        flow = SplineFlow(kinds, size["n_layers"], size["hidden"], size["depth"], n_bins, masking, torsion_shifts, seed=seed)
+        generator = cls(
+            flow,
+            IndependentPrior(kinds, bounded=prior, sigma=prior_sigma),
+            transform,
+            centre,
+            half_width,
+            molsys.temperature,
+            list(molsys.elements),
+            [atom.name for atom in molsys.topology.atoms()],
+        )
+        generator.build_config = dict(
+            preset=preset, n_bins=n_bins, masking=masking, torsion_shifts=torsion_shifts, seed=seed,
+            fix_methyl_permutation=fix_methyl_permutation, bond_width=bond_width, angle_width=angle_width,
+            prior=prior, prior_sigma=prior_sigma, **size,
+        )  # fmt: skip
+        return generator
+
+    # -- maps ------------------------------------------------------------------------
+
+    def forward(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        return self.latent_to_positions(z)
+
+    @torch.jit.export
+    def latent_to_positions(self, z: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Latent ``z [B, D]`` -> (positions ``[B, N, 3]`` nm in the canonical frame,
+        ``log_det [B]``) with ``log_prob(x) = prior_log_prob(z) - log_det``."""
+        if z.dim() != 2 or z.shape[1] != self.dim:
+            raise ValueError("latent must have shape [batch, " + str(self.dim) + "], got " + str(list(z.shape)))
+        y, logdet_flow = self.flow(z)
+        ic = self.ic_centre + self.ic_half_width * y
+        x, logdet_ic = self.transform.to_cartesian(ic)
+        return x, logdet_flow + self._log_scale() + logdet_ic
+
+    @torch.jit.export
+    def positions_to_latent(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Positions ``[B, N, 3]`` -> (latent ``z [B, D]``, ``log|dz/dx| [B]``, with
+        ``log_prob(x) = prior_log_prob(z) + log_det``). Out-of-support rows get log_det
+        ``-inf`` (and a finite placeholder z)."""
+        ic, logdet_ic = self.transform.to_internal(x)
+        y = (ic - self.ic_centre) / self.ic_half_width
+        outside = (self.bounded & (y.abs() > 1.0 + self.support_tolerance)).any(1)
+        outside = outside | ~torch.isfinite(y).all(1) | ~torch.isfinite(logdet_ic)
+        # Zero the rejected rows before the flow so that no NaN reaches the gradients.
+        y = torch.where(outside.unsqueeze(1), torch.zeros_like(y), y)
+        y = torch.where(self.bounded, torch.clamp(y, -1.0, 1.0), y)
+        z, logdet_flow = self.flow.inverse(y)
+        logdet = torch.where(outside, torch.zeros_like(logdet_ic), logdet_ic) + logdet_flow - self._log_scale()
+        return z, torch.where(outside, torch.full_like(logdet, -math.inf), logdet)
+
+    @torch.jit.export
+    def sample_latent(self, n: int) -> torch.Tensor:
+        """``[n, D]`` draws from the prior."""
+        return self.prior.sample(n)
+
+    @torch.jit.export
+    def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return self.prior.log_prob(z)
+
+    @torch.jit.export
+    def sample(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(x [n, N, 3] nm, log_q [n])``; reparameterised (differentiable w.r.t. the
+        flow parameters)."""
+        z = self.prior.sample(n)
+        x, logdet = self.latent_to_positions(z)
+        return x, self.prior.log_prob(z) - logdet
+
+    @torch.jit.export
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log q(x)`` in nats, ``[B]`` for ``x [B, N, 3]`` nm (module docstring)."""
+        z, logdet = self.positions_to_latent(x)
+        return self.prior.log_prob(z) + logdet
+
+    def _log_scale(self) -> torch.Tensor:
+        return torch.where(self.bounded, torch.log(self.ic_half_width), torch.zeros_like(self.ic_half_width)).sum()
+
+    @torch.jit.unused
+    def n_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def ic_scaling(transform, bond_width: float, angle_width: float) -> Tuple[List[int], torch.Tensor, torch.Tensor]:
+    """Kinds, centres and half-widths of every IC (module docstring), float64.
+
+    Needs ``transform.reference_ic`` (a transform built with reference positions).
+    """
+    reference = transform.reference_ic.detach().to(torch.float64).cpu()
+    if reference.numel() != transform.dim:
+        raise ValueError("the IC transform needs reference positions to scale the ICs around")
+    low = torch.empty_like(reference)
+    high = torch.empty_like(reference)
+    bonds = transform.bond_indices.cpu()
+    angles = transform.angle_indices.cpu()
+    dihedrals = transform.dihedral_indices.cpu()
+    low[bonds] = torch.maximum(reference[bonds] - bond_width, reference[bonds] / 5.0)
+    high[bonds] = reference[bonds] + bond_width
+    low[angles] = torch.clamp(reference[angles] - angle_width, min=ANGLE_MARGIN)
+    high[angles] = torch.clamp(reference[angles] + angle_width, max=math.pi - ANGLE_MARGIN)
+    if bool((low[angles] >= high[angles]).any()):
+        raise ValueError("a reference angle lies within ANGLE_MARGIN of 0 or pi; the structure is degenerate")
+    low[dihedrals] = -math.pi
+    high[dihedrals] = math.pi
+    chiral = transform.chiral_dihedrals.cpu()
+    if chiral.numel():
+        bounds = transform.chiral_bounds.detach().to(torch.float64).cpu()
+        low[chiral] = bounds[:, 0]
+        high[chiral] = bounds[:, 1]
+    circular = transform.circular.cpu()
+    kinds = [CIRCULAR if bool(c) else BOUNDED for c in circular]
+    centre = torch.where(circular, torch.zeros_like(reference), 0.5 * (low + high))
+    half_width = torch.where(circular, torch.ones_like(reference), 0.5 * (high - low))
+    return kinds, centre, half_width

@@ -1,0 +1,112 @@
+"""Training presets: one named bundle of generator, CMT and engine settings each.
+
+- ``laptop``: a 2-core CPU, about 15 minutes on alanine dipeptide (``make demo``).
+- ``gpu``: one H100/H200, a few minutes, about 1e7-1e8 target evaluations.
+- ``paper``: the CMT paper's budget (1e8 evaluations on alanine dipeptide), hours.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+
+from openmm_cmt.cmt.trainer import CMTConfig
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a training run needs besides the system.
+
+    Attributes:
+        preset: the preset this config started from (informational).
+        generator: keyword arguments of ``openmm_cmt.flows.Generator.from_system``.
+        cmt: keyword arguments of ``openmm_cmt.cmt.CMTConfig``.
+        energy: ``auto`` (batched TorchEnergy when supported), ``torch`` or ``openmm``.
+        energy_dtype: ``float32`` or ``float64`` for the torch engine during training.
+        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+        checkpoint_every: annealing steps between checkpoints (0: only at the end).
+        eval_samples: flow samples for the final metrics.
+    """
+
+    preset: str = "laptop"
+    generator: dict = dataclasses.field(default_factory=dict)
+    cmt: dict = dataclasses.field(default_factory=dict)
+    energy: str = "auto"
+    energy_dtype: str = "float32"
+    device: str = "auto"
+    checkpoint_every: int = 10
+    eval_samples: int = 100_000
+
+    def __post_init__(self):
+        if self.energy not in ("auto", "torch", "openmm"):
+            raise ValueError(f"energy must be 'auto', 'torch' or 'openmm', got {self.energy!r}")
+        if self.energy_dtype not in ("float32", "float64"):
+            raise ValueError(f"energy_dtype must be 'float32' or 'float64', got {self.energy_dtype!r}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        self.cmt_config()  # validates the CMT settings early
+
+    def cmt_config(self) -> CMTConfig:
+        return CMTConfig(**self.cmt)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {sorted(unknown)}; expected {sorted(known)}")
+        return cls(**copy.deepcopy(d))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+PRESETS: dict[str, dict] = {
+    "laptop": dict(
+        generator=dict(preset="cpu", n_bins=8, masking="all2all", seed=0),
+        cmt=dict(
+            path="cmt", eps_tr=0.5, eps_ent=1.0, n_steps=60, samples_per_step=8192, buffer_size=65536,
+            grad_steps_per_step=150, batch_size=512, lr=1e-3, lr_schedule="cosine", grad_clip=10.0, seed=0,
+        ),
+        energy_dtype="float32",
+        checkpoint_every=10,
+        eval_samples=100_000,
+    ),
+    "gpu": dict(
+        generator=dict(preset="gpu", n_bins=8, masking="all2all", seed=0),
+        cmt=dict(
+            path="cmt", eps_tr=0.5, eps_ent=1.0, n_steps=50, samples_per_step=65536, buffer_size=524288,
+            grad_steps_per_step=200, batch_size=4096, lr=5e-4, lr_schedule="cosine", grad_clip=10.0, seed=0,
+        ),
+        energy_dtype="float32",
+        checkpoint_every=10,
+        eval_samples=1_000_000,
+    ),
+    "paper": dict(
+        generator=dict(preset="gpu", n_bins=8, masking="all2all", seed=0),
+        cmt=dict(
+            path="cmt", eps_tr=0.5, eps_ent=1.0, n_steps=200, samples_per_step=500_000, buffer_size=2_000_000,
+            grad_steps_per_step=500, batch_size=4096, lr=5e-4, lr_schedule="cosine", grad_clip=10.0, seed=0,
+        ),
+        energy_dtype="float32",
+        checkpoint_every=10,
+        eval_samples=1_000_000,
+    ),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    """The TrainConfig of a named preset; ``overrides`` replace top-level fields, and
+    ``cmt=`` / ``generator=`` dicts update the preset's entries."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
+    d = copy.deepcopy(PRESETS[name])
+    for key in ("cmt", "generator"):
+        if key in overrides:
+            d[key].update(overrides.pop(key))
+    d.update(overrides)
+    return TrainConfig(preset=name, **d)

@@ -1,0 +1,323 @@
+"""BoltzmannGeneratorSampler: the one public facade.
+
+It joins a MolecularSystem, an energy engine, a Generator and the CMT trainer::
+
+    sampler = BoltzmannGeneratorSampler.from_simulation(simulation)
+    sampler.train("laptop")
+    x, log_w = sampler.sample(10_000)
+    sampler.save("runs/bg"); sampler.export("generator.pt")
+
+A run folder holds ``system.xml``, ``topology.pdb``, ``system.json`` (the system),
+``config.json`` and ``checkpoint.pt`` (generator, optimiser, replay buffer, counters, RNG
+states and history). Every file is written atomically and loaded without running
+pickled code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+import openmm
+from openmm import unit
+
+from openmm_cmt.checkpoint import (
+    FORMAT_VERSION,
+    CheckpointError,
+    atomic_torch_save,
+    atomic_write_json,
+    load_system,
+    read_json,
+    safe_torch_load,
+    save_system,
+    system_fingerprint,
+)
+from openmm_cmt.presets import TrainConfig, preset
+from openmm_cmt.systems.molecular_system import MolecularSystem
+
+CHECKPOINT = "checkpoint.pt"
+CONFIG = "config.json"
+
+
+@dataclasses.dataclass
+class Samples:
+    """Weighted generator samples.
+
+    Attributes:
+        positions: [n, n_atoms, 3] nm, float64 numpy.
+        log_weights: [n] unnormalised log importance weights -u(x) - log q(x).
+        log_q: [n] generator log densities (nats).
+        energies: [n] potential energies, kJ/mol (+inf where non-finite).
+    """
+
+    positions: np.ndarray
+    log_weights: np.ndarray
+    log_q: np.ndarray
+    energies: np.ndarray
+
+    def __iter__(self):  # x, log_w = sampler.sample(n)
+        return iter((self.positions, self.log_weights))
+
+    def __len__(self):
+        return len(self.log_weights)
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but torch sees no CUDA device")
+    return torch.device(device)
+
+
+class BoltzmannGeneratorSampler:
+    """A Boltzmann generator for one molecule, trained with CMT from energies alone.
+
+    Args:
+        molsys: the molecule (``openmm_cmt.systems.MolecularSystem``).
+        config: a ``TrainConfig`` or a preset name (``laptop``, ``gpu``, ``paper``).
+    """
+
+    def __init__(self, molsys: MolecularSystem, config: TrainConfig | str = "laptop"):
+        from openmm_cmt.flows import Generator
+
+        self.molsys = molsys
+        self.config = preset(config) if isinstance(config, str) else config
+        self.device = _resolve_device(self.config.device)
+        self.generator = Generator.from_system(molsys, **self.config.generator).to(self.device)
+        self.trainer = None
+        self._energy = None
+        self._eval_energy = None
+
+    # -- construction -------------------------------------------------------------------
+    @classmethod
+    def from_simulation(cls, simulation, temperature: float | None = None, config="laptop", name="simulation"):
+        """From an ``openmm.app.Simulation``: its topology, System, current positions, and
+        the integrator's temperature unless ``temperature`` (K) is given."""
+        if temperature is None:
+            getter = getattr(simulation.integrator, "getTemperature", None)
+            if getter is None:
+                raise ValueError("the Simulation's integrator has no temperature; pass temperature= in K")
+            temperature = getter().value_in_unit(unit.kelvin)
+        positions = simulation.context.getState(getPositions=True).getPositions(asNumpy=True)
+        return cls.from_system(simulation.topology, simulation.system, positions, temperature, config=config, name=name)
+
+    @classmethod
+    def from_system(cls, topology, system: openmm.System, positions, temperature: float, config="laptop", name="system"):
+        """From an OpenMM topology, System, reference positions (nm) and temperature (K)."""
+        return cls(MolecularSystem(name, topology, system, positions, temperature), config)
+
+    @classmethod
+    def from_name(cls, name: str, config="laptop", **system_kwargs):
+        """From a registered system name (``openmm_cmt.systems.names()``)."""
+        from openmm_cmt import systems
+
+        return cls(systems.get(name, **system_kwargs), config)
+
+    # -- energies -----------------------------------------------------------------------
+    def energy_engine(self, dtype: str | None = None):
+        """The energy engine used for training (``config.energy_dtype``) or, with
+        ``dtype="float64"``, the exact engine used for evaluation."""
+        from openmm_cmt.energy import create_energy
+
+        dtype = dtype or self.config.energy_dtype
+        attr = "_energy" if dtype == self.config.energy_dtype else "_eval_energy"
+        if getattr(self, attr) is None:
+            kwargs = {}
+            if self.config.energy != "openmm":
+                kwargs = dict(device=self.device, dtype=getattr(torch, dtype))
+            setattr(self, attr, create_energy(self.molsys, engine=self.config.energy, **kwargs))
+        return getattr(self, attr)
+
+    def _target(self):
+        from openmm_cmt.cmt.target import BoltzmannTarget
+
+        return BoltzmannTarget(self.energy_engine())
+
+    # -- training -----------------------------------------------------------------------
+    def _make_trainer(self):
+        from openmm_cmt.cmt.trainer import CMTTrainer
+
+        if self.trainer is None:
+            self.trainer = CMTTrainer(self.generator, self._target(), self.config.cmt_config())
+        return self.trainer
+
+    @property
+    def history(self) -> list[dict]:
+        return [] if self.trainer is None else self.trainer.history
+
+    @property
+    def n_evaluations(self) -> int:
+        """Target evaluations spent on training so far."""
+        return 0 if self.trainer is None else self.trainer.n_evaluations
+
+    def train(
+        self,
+        config: TrainConfig | str | None = None,
+        n_steps: int | None = None,
+        callbacks: Iterable[Callable] = (),
+        progress: bool = True,
+        checkpoint_dir: str | os.PathLike | None = None,
+    ) -> list[dict]:
+        """Run CMT annealing steps until ``n_steps`` (default: the config's) are done.
+
+        Args:
+            config: replaces the sampler's config before the first step (a TrainConfig or a
+                preset name); ignored once training has started.
+            callbacks: ``callback(sampler, record)`` after every step; returning True stops.
+            progress: print a progress line (steps, evaluations, ESS, time left) to stderr.
+            checkpoint_dir: save there every ``config.checkpoint_every`` steps and at the end.
+
+        Returns the history: one record per annealing step.
+        """
+        if config is not None and self.trainer is None:
+            new = preset(config) if isinstance(config, str) else config
+            if new.generator != self.config.generator:
+                raise ValueError("config changes the generator architecture; build a new sampler for it")
+            self.config = new
+        trainer = self._make_trainer()
+        total = trainer.config.n_steps if n_steps is None else n_steps
+        reporter = _Progress(total, trainer.step_index, enabled=progress)
+        callbacks = list(callbacks)
+        every = self.config.checkpoint_every
+
+        def after_step(_trainer, record):
+            reporter.update(record)
+            stop = any(bool(cb(self, record)) for cb in callbacks)
+            if checkpoint_dir is not None and every and _trainer.step_index % every == 0:
+                self.save(checkpoint_dir)
+            return stop
+
+        trainer.run(total, callback=after_step)
+        reporter.close()
+        if checkpoint_dir is not None:
+            self.save(checkpoint_dir)
+        return trainer.history
+
+    # -- sampling -----------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int, batch_size: int = 65536, exact_energies: bool = True) -> Samples:
+        """``n`` generator samples with importance weights for the Boltzmann distribution.
+
+        ``exact_energies`` evaluates the weights with a float64 engine. The samples draw on
+        torch's global RNG: seed it (``torch.manual_seed``) for reproducible samples.
+        """
+        if not (isinstance(n, (int, np.integer)) and n >= 1):
+            raise ValueError(f"n must be a positive integer, got {n!r}")
+        engine = self.energy_engine("float64" if exact_energies else None)
+        was_training = self.generator.training
+        self.generator.eval()
+        xs, lqs, es = [], [], []
+        for start in range(0, n, batch_size):
+            x, log_q = self.generator.sample(min(batch_size, n - start))
+            xs.append(x.double().cpu())
+            lqs.append(log_q.double().cpu())
+            es.append(engine.energy(x.double()).cpu())
+        self.generator.train(was_training)
+        x, log_q, e = torch.cat(xs).numpy(), torch.cat(lqs).numpy(), torch.cat(es).numpy()
+        with np.errstate(invalid="ignore"):
+            log_w = np.where(np.isfinite(e), -e / self.molsys.kT - log_q, -np.inf)
+        return Samples(x, log_w, log_q, e)
+
+    @torch.no_grad()
+    def log_prob(self, x) -> np.ndarray:
+        """Generator log density (nats) of positions ``x`` [B, n_atoms, 3] in nm."""
+        t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
+        if t.ndim != 3 or t.shape[1:] != (self.molsys.n_atoms, 3):
+            raise ValueError(f"positions must have shape [batch, {self.molsys.n_atoms}, 3] in nm, got {tuple(t.shape)}")
+        dtype = next(self.generator.parameters()).dtype
+        return self.generator.log_prob(t.to(self.device, dtype)).double().cpu().numpy()
+
+    # -- persistence --------------------------------------------------------------------
+    def save(self, folder: str | os.PathLike) -> None:
+        """Write the run folder (atomic files; ``checkpoint.pt`` last)."""
+        folder = os.fspath(folder)
+        os.makedirs(folder, exist_ok=True)
+        save_system(self.molsys, folder)
+        atomic_write_json(os.path.join(folder, CONFIG), self.config.to_dict())
+        state = {
+            "format_version": FORMAT_VERSION,
+            "system_fingerprint": system_fingerprint(self.molsys.system),
+            "config": self.config.to_json(),
+            "generator": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()},
+            "trainer": None if self.trainer is None else self.trainer.state_dict(),
+        }
+        atomic_torch_save(state, os.path.join(folder, CHECKPOINT))
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike, device: str | None = None) -> "BoltzmannGeneratorSampler":
+        """A sampler from a run folder written by ``save``. Raises CheckpointError for a
+        missing, corrupt or mismatched checkpoint."""
+        import json
+
+        folder = os.fspath(folder)
+        if not os.path.isdir(folder):
+            raise CheckpointError(f"run folder not found: {folder}")
+        molsys = load_system(folder)
+        state = safe_torch_load(os.path.join(folder, CHECKPOINT))
+        if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+            raise CheckpointError(f"{folder}/{CHECKPOINT} is not a format-{FORMAT_VERSION} openmm_cmt checkpoint")
+        if state["system_fingerprint"] != system_fingerprint(molsys.system):
+            raise CheckpointError(f"{folder}/{CHECKPOINT} belongs to another System than {folder}/system.xml")
+        config = TrainConfig.from_dict(json.loads(state["config"]))
+        if read_json(os.path.join(folder, CONFIG)) != config.to_dict():
+            raise CheckpointError(f"{folder}/{CONFIG} does not match the config stored in {CHECKPOINT}")
+        if device is not None:
+            config.device = device
+        sampler = cls(molsys, config)
+        try:
+            sampler.generator.load_state_dict(state["generator"])
+        except RuntimeError as err:
+            raise CheckpointError(f"generator weights in {folder} do not fit its config: {err}") from err
+        if state["trainer"] is not None:
+            sampler._make_trainer().load_state_dict(state["trainer"])
+        return sampler
+
+    def export(self, path: str | os.PathLike) -> dict:
+        """TorchScript file for ``openmmtorch.TorchForce``: E_BG(x) = -kT log q(x)."""
+        from openmm_cmt.mcmc.export import export_generator
+
+        return export_generator(self.generator, self.molsys, path)
+
+    def close(self) -> None:
+        for engine in (self._energy, self._eval_energy):
+            if engine is not None:
+                engine.close()
+        self._energy = self._eval_energy = None
+        if self.trainer is not None:
+            self.trainer.target = None
+            self.trainer = None
+
+
+class _Progress:
+    """One status line: annealing step, evaluations, ESS of the step weights, time left."""
+
+    def __init__(self, total: int, start: int, enabled: bool):
+        self.total, self.start, self.enabled = total, start, enabled
+        self.t0 = time.perf_counter()
+        self.tty = sys.stderr.isatty()
+
+    def update(self, record: dict) -> None:
+        if not self.enabled:
+            return
+        done = record["step"] + 1
+        elapsed = time.perf_counter() - self.t0
+        rate = (done - self.start) / max(elapsed, 1e-9)
+        left = (self.total - done) / rate if rate > 0 else float("nan")
+        width = 24
+        filled = int(width * done / max(self.total, 1))
+        line = (
+            f"[{'#' * filled}{'.' * (width - filled)}] step {done}/{self.total} "
+            f"evals {record.get('evaluations', 0):.3g} ESS(step) {record.get('ess', float('nan')):.3f} "
+            f"beta {record.get('beta', float('nan')):.3f} elapsed {elapsed:.0f}s left {left:.0f}s"
+        )
+        print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.enabled and self.tty:
+            print(file=sys.stderr)
