@@ -11,6 +11,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import openmm_cmt  # noqa: F401  (torch before openmm)
 import mdtraj as md
@@ -20,6 +22,7 @@ from openmm import app
 from openmm_cmt.coordinates import (
     InternalCoordinateTransform,
     MoleculeGraph,
+    as_molecule_graph,
     build_zmatrix,
     chirality_signs,
     stereocentres,
@@ -118,8 +121,6 @@ def test_zmatrix_alanine_dipeptide(aldp, aldp_transform):
     graph_names = [a.name for a in aldp.topology.atoms()]
     z = build_zmatrix(aldp.topology)
     validate_zmatrix(z, aldp.n_atoms)
-    from openmm_cmt.coordinates import as_molecule_graph
-
     _check_chemical_zmatrix(z, as_molecule_graph(aldp.topology))
     # Root at the C-alpha; the seven main-chain heavy atoms are placed first.
     assert [graph_names[a] for a in z[:3, 0]] == ["CA", "N", "C"]
@@ -137,16 +138,12 @@ def test_zmatrix_from_openmm_and_mdtraj_topologies_agree(b2_ligand):
     z_openmm = build_zmatrix(topology)
     z_mdtraj = build_zmatrix(md.Topology.from_openmm(topology))
     np.testing.assert_array_equal(z_openmm, z_mdtraj)
-    from openmm_cmt.coordinates import as_molecule_graph
-
     _check_chemical_zmatrix(z_openmm, as_molecule_graph(topology))
 
 
 def test_zmatrix_peptide_from_pdb(octapeptide):
     topology, _ = octapeptide
     z = build_zmatrix(topology)
-    from openmm_cmt.coordinates import as_molecule_graph
-
     graph = as_molecule_graph(topology)
     _check_chemical_zmatrix(z, graph)
     names = np.array(graph.names)
@@ -154,6 +151,34 @@ def test_zmatrix_peptide_from_pdb(octapeptide):
     assert set(names[z[:n_backbone, 0]]) == {"N", "CA", "C"}, "main chain first"
     assert names[z[0, 0]] == "CA"
     assert graph.residue_indices[z[0, 0]] in (3, 4), "root near the middle of the chain"
+
+
+@st.composite
+def molecular_graphs(draw):
+    """Random connected graphs: a random tree of 3-14 atoms plus up to two ring bonds."""
+    n = draw(st.integers(3, 14))
+    bonds = {(draw(st.integers(0, i - 1)), i) for i in range(1, n)}
+    for _ in range(draw(st.integers(0, 2))):
+        i, j = sorted(draw(st.lists(st.integers(0, n - 1), min_size=2, max_size=2, unique=True)))
+        bonds.add((i, j))
+    elements = draw(st.lists(st.sampled_from(["C", "N", "O", "H"]), min_size=n, max_size=n))
+    return MoleculeGraph.from_bonds(n, sorted(bonds), elements)
+
+
+@settings(max_examples=25, deadline=None)
+@given(graph=molecular_graphs(), seed=st.integers(0, 2**31 - 1))
+def test_any_connected_graph_gets_a_bonded_zmatrix(graph, seed):
+    z = build_zmatrix(graph)
+    validate_zmatrix(z, graph.n_atoms)
+    neighbours = [set(b) for b in graph.neighbours()]
+    for i, (a, j, k, l) in enumerate(z):
+        assert i == 0 or j in neighbours[a]
+        assert i < 2 or k in neighbours[j] or (i == 2 and k in neighbours[a])
+        assert i < 3 or l in neighbours[j] or l in neighbours[k]
+    transform = InternalCoordinateTransform(z).double()
+    ic = random_ic(transform, 4, torch.Generator().manual_seed(seed))
+    ic_back, _ = transform.to_internal(transform.to_cartesian(ic)[0])
+    assert wrapped(ic_back - ic).abs().max() < 1e-10
 
 
 def test_user_root_atoms(aldp):

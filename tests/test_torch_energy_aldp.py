@@ -5,8 +5,12 @@ against OpenMM's Reference platform on 1000 random conformations.
 Conformations are the reference structure plus Gaussian noise of 0.005, 0.015 or
 0.03 nm per coordinate (a third each): from near-equilibrium to strained. OpenMM gets
 the float64 positions in both dtypes, so float32 errors include the rounding of the
-input. Energies: |E - E_ref| <= tol |E_ref|; forces: |F - F_ref| <= tol |F_ref|
-(norms over the whole conformation), tol = 1e-8 (float64) and 1e-5 (float32).
+input. Tolerances tol = 1e-8 (float64) and 1e-5 (float32), relative to:
+- energies: the sum over forces of |E_force| (OpenMM's per-force energies, by force
+  group). The total crosses zero (|E| = 0.14 kJ/mol among these conformations, with
+  terms of +-90), where no fixed-precision sum is accurate relative to |E| itself: in
+  float32 the input rounding of the bond lengths alone moves E by ~1e-4 kJ/mol there.
+- forces: the norm of the total force over the whole conformation.
 """
 
 import numpy as np
@@ -36,19 +40,25 @@ def conformations(aldp):
 
 @pytest.fixture(scope="module")
 def reference(aldp, conformations):
-    context = openmm.Context(aldp.system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("Reference"))
-    energies, forces = [], []
+    """Energies [B], forces [B, N, 3] and the energy scale sum_force |E_force| [B]."""
+    system = openmm.XmlSerializer.clone(aldp.system)
+    for group, force in enumerate(system.getForces()):
+        force.setForceGroup(group)
+    context = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("Reference"))
+    energies, forces, scales = [], [], []
     for x in conformations:
         context.setPositions(x)
         state = context.getState(getEnergy=True, getForces=True)
         energies.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
         forces.append(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
-    return np.array(energies), np.array(forces)
+        scales.append(sum(abs(context.getState(getEnergy=True, groups={g}).getPotentialEnergy()
+                              .value_in_unit(unit.kilojoule_per_mole)) for g in range(system.getNumForces())))
+    return np.array(energies), np.array(forces), np.array(scales)
 
 
 def _relative_errors(e, f, reference):
-    ref_e, ref_f = reference
-    rel_e = np.abs(e - ref_e) / np.abs(ref_e)
+    ref_e, ref_f, scale_e = reference
+    rel_e = np.abs(e - ref_e) / scale_e
     n = len(ref_e)
     rel_f = np.linalg.norm((f - ref_f).reshape(n, -1), axis=1) / np.linalg.norm(ref_f.reshape(n, -1), axis=1)
     return rel_e, rel_f
@@ -82,4 +92,5 @@ def test_engine_matches_openmm(aldp, conformations, reference):
     rel_e, rel_f = _relative_errors(e, f, reference)
     assert rel_e.max() <= TOL[torch.float32] and rel_f.max() <= TOL[torch.float32]
     u = engine.reduced_energy(torch.tensor(conformations[:10]))
-    torch.testing.assert_close(u, torch.tensor(reference[0][:10] / aldp.kT), rtol=1e-5, atol=0)
+    assert u.dtype == torch.float64
+    assert np.all(np.abs(u.numpy() - reference[0][:10] / aldp.kT) <= TOL[torch.float32] * reference[2][:10] / aldp.kT)

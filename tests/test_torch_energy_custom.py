@@ -7,6 +7,7 @@ CustomGBForce on 200 random conformations.
 """
 
 import copy
+import io
 import math
 import pickle
 
@@ -61,10 +62,12 @@ def torch_energy_forces(term, positions, dtype):
 
 
 def system_with(force, n):
+    """A System of ``n`` particles holding a copy of ``force`` (a System owns and frees
+    the forces added to it, so the caller's force must not be handed over)."""
     system = openmm.System()
     for _ in range(n):
         system.addParticle(1.0)
-    system.addForce(force)
+    system.addForce(openmm.XmlSerializer.clone(force))
     return system
 
 
@@ -75,7 +78,7 @@ def check_against_openmm(force, positions, dtype, n=None):
     if dtype == torch.float32:
         positions = positions.astype(np.float32).astype(np.float64)
     n = positions.shape[1] if n is None else n
-    system = system_with(openmm.XmlSerializer.clone(force), n)
+    system = system_with(force, n)
     term = CUSTOM_BUILDERS[type(force).__name__](force, system, dtype)
     e_ref, f_ref = openmm_reference(system, positions)
     e, f = torch_energy_forces(term, positions, dtype)
@@ -104,10 +107,10 @@ def clashing_positions(rng, n, batch):
     """Random conformations with one near-coincident pair (1e-3 nm) and one clash
     (0.04 nm): energies stay finite, conditioning is poor (float64 only)."""
     x = random_positions(rng, n, batch, 0.15)
-    direction = rng.normal(size=(batch, 3))
-    direction /= np.linalg.norm(direction, axis=1, keepdims=True)
-    x[:, 1] = x[:, 0] + 1e-3 * direction
-    x[:, 3] = x[:, 2] + 0.04 * direction[::-1]
+    direction = rng.normal(size=(2, batch, 3))
+    direction /= np.linalg.norm(direction, axis=2, keepdims=True)
+    x[:, 1] = x[:, 0] + 1e-3 * direction[0]
+    x[:, 3] = x[:, 2] + 0.04 * direction[1]
     return x
 
 
@@ -126,7 +129,7 @@ DTYPES = pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["
 X = np.linspace(0.05, 0.95, 19)
 Y = np.linspace(1.7, -1.3, 19)
 XS = np.array([-2.5, -1.0, -0.5, 0.0, 0.3, 1.0, 2.0, 2.5])  # signs, zero and integers
-YS = np.array([1.0, 0.0, -2.0, 0.0, 4.0, -1.5, 0.5, 0.0])
+YS = np.array([1.0, 0.0, -2.0, 3.0, 4.0, -1.5, 0.5, 0.0])
 
 FUNCTION_CASES = [
     ("sqrt(x)", lambda x, y: np.sqrt(x)),
@@ -245,6 +248,20 @@ def test_constants_are_folded_and_constant_results_take_the_input_shape():
     np.testing.assert_allclose(out.numpy(), np.full((4, 3), 3 + math.log(1.5)), rtol=1e-15)
 
 
+EDGE_POINTS = [(0.3, -0.7), (0.0, 0.0), (-8.0, 1 / 3), (1000.0, -1000.0), (-2.5, 2.0), (0.0, -1.0)]
+
+
+@pytest.mark.parametrize("expression", [c[0] for c in FUNCTION_CASES + DISCRETE_CASES] + ["sinh(y)", "exp(x)", "log(x-x)"])
+def test_constant_folding_matches_tensor_evaluation(expression):
+    # Folding happens in Python at build time; it must give what torch gives at run time,
+    # overflow, division by zero and domain errors included.
+    for x, y in EDGE_POINTS:
+        folded = compile_expression(expression, ["shape"], {"x": x, "y": y})
+        assert folded.source.count("\n") == 3  # def, one full_like line, return
+        at_run_time = evaluate(expression, x=[x], y=[y])
+        np.testing.assert_allclose(folded([torch.zeros(1, dtype=torch.float64)]).numpy(), at_run_time, rtol=1e-15, atol=0)
+
+
 def test_repeated_subexpressions_are_computed_once():
     module = compile_expression("exp(-r^2) + exp(-r^2)*2; ", ["r"])
     assert module.source.count("torch.exp") == 1
@@ -348,6 +365,32 @@ def _bonded_force(kind, rng, n, positive):
     return force
 
 
+def _angle_triples(force, kind):
+    if kind == "angle":
+        return [force.getAngleParameters(k)[:3] for k in range(force.getNumAngles())]
+    if kind == "torsion":
+        quads = [force.getTorsionParameters(k)[:4] for k in range(force.getNumTorsions())]
+        return [q[:3] for q in quads] + [q[1:] for q in quads]
+    return []
+
+
+def _well_conditioned(rng, force, kind, n, batch):
+    """Conformations whose angles (and the angles inside each torsion) lie in
+    [15, 165] degrees: a near-collinear triple makes theta's gradient ~ 1/sin, which
+    float32 cannot resolve (OpenMM's single precision neither)."""
+    out = []
+    while len(out) < batch:
+        x = random_positions(rng, n, 1, 0.1)[0]
+        ok = True
+        for i, j, k in _angle_triples(force, kind):
+            u, v = x[i] - x[j], x[k] - x[j]
+            c = np.dot(u, v) / np.linalg.norm(u) / np.linalg.norm(v)
+            ok &= abs(c) <= math.cos(math.radians(15))
+        if ok:
+            out.append(x)
+    return np.array(out)
+
+
 @DTYPES
 @pytest.mark.parametrize("kind", ["bond", "angle", "torsion"])
 @FEW
@@ -356,7 +399,8 @@ def test_bonded_forces_match_openmm(kind, dtype, seed):
     rng = np.random.default_rng(seed)
     n = 6
     force = _bonded_force(kind, rng, n, positive=dtype == torch.float32)
-    check_against_openmm(force, geometry(rng, n, 3, dtype), dtype)
+    x = geometry(rng, n, 3, dtype) if dtype == torch.float64 else _well_conditioned(rng, force, kind, n, 3)
+    check_against_openmm(force, x, dtype)
 
 
 @DTYPES
@@ -423,7 +467,8 @@ def _nonbonded_force(rng, n, method, switching, groups, computed, positive):
 def test_custom_nonbonded_matches_openmm(variant, dtype, seed):
     rng = np.random.default_rng(seed)
     n = 7
-    method = openmm.CustomNonbondedForce.NoCutoff if variant in ("nocutoff", "computed") else openmm.CustomNonbondedForce.CutoffNonPeriodic
+    cutoff = variant not in ("nocutoff", "computed")
+    method = openmm.CustomNonbondedForce.CutoffNonPeriodic if cutoff else openmm.CustomNonbondedForce.NoCutoff
     force = _nonbonded_force(
         rng, n, method, variant == "cutoff-switch", variant == "groups", variant == "computed", positive=dtype == torch.float32
     )
@@ -442,7 +487,9 @@ def _gb_force(rng, n, cutoff, positive, pair_value_kind=openmm.CustomGBForce.Par
     for name in ("q", "or", "sr"):
         force.addPerParticleParameter(name)
     force.addGlobalParameter("kappa", 0.3)
-    pair, no_excl, single = openmm.CustomGBForce.ParticlePair, openmm.CustomGBForce.ParticlePairNoExclusions, openmm.CustomGBForce.SingleParticle
+    pair = openmm.CustomGBForce.ParticlePair
+    no_excl = openmm.CustomGBForce.ParticlePairNoExclusions
+    single = openmm.CustomGBForce.SingleParticle
     force.addComputedValue("I", "step(r+sr2-or1)*exp(-r*or1)*(1+sr2)", pair_value_kind)
     force.addComputedValue("S", "sr*(1 + 0.1*x^2 + 0.05*y^2 + 0.02*z^2)", single)
     force.addComputedValue("B", "1/(1/or + 0.1*I + 0.01*S^2)", single)
@@ -510,7 +557,8 @@ def aldp_gb():
     test_system = testsystems.AlanineDipeptideImplicit(constraints=None)
     forces = [f for f in test_system.system.getForces() if isinstance(f, openmm.CustomGBForce)]
     assert len(forces) == 1
-    return forces[0], np.asarray(test_system.positions.value_in_unit(unit.nanometer))
+    # A force belongs to its System: copy it before test_system is garbage-collected.
+    return openmm.XmlSerializer.clone(forces[0]), np.asarray(test_system.positions.value_in_unit(unit.nanometer))
 
 
 @DTYPES
@@ -542,9 +590,14 @@ def test_scripted_terms_equal_eager_terms():
     rng = np.random.default_rng(3)
     n = 7
     x = torch.tensor(random_positions(rng, n, 4, 0.1), dtype=torch.float64)
-    compound = openmm.CustomCompoundBondForce(3, "k*distance(p1,p2)*angle(p1,p2,p3) + pointdistance(x1,y1,z1,x3,y3,z3)")
+    compound = openmm.CustomCompoundBondForce(
+        4,
+        "k*distance(p1,p2)*angle(p1,p2,p3)*dihedral(p1,p2,p3,p4) + pointdistance(x1,y1,z1,x3,y3,z3)"
+        " + pointangle(x1,y1,z1,x2,y2,z2,0,0,0) + pointdihedral(x1,y1,z1,x2,y2,z2,x3,y3,z3,1,1,z4)",
+    )
     compound.addPerBondParameter("k")
-    compound.addBond([0, 1, 2], [2.0])
+    compound.addBond([0, 1, 2, 3], [2.0])
+    compound.addBond([4, 1, 6, 5], [-1.0])
     for force in _all_forces(rng, n) + [compound]:
         term = CUSTOM_BUILDERS[type(force).__name__](force, system_with(force, n), torch.float64)
         scripted = torch.jit.script(term)
@@ -553,6 +606,27 @@ def test_scripted_terms_equal_eager_terms():
         (g1,) = torch.autograd.grad(term(xg).sum(), xg)
         (g2,) = torch.autograd.grad(scripted(xg).sum(), xg)
         torch.testing.assert_close(g2, g1, rtol=1e-13, atol=1e-12)
+        # Saved TorchScript carries the generated code (what openmm-torch loads).
+        buffer = io.BytesIO()
+        torch.jit.save(scripted, buffer)
+        buffer.seek(0)
+        torch.testing.assert_close(torch.jit.load(buffer)(x), term(x), rtol=1e-14, atol=0)
+
+
+def test_terms_trace_into_one_graph_for_torch_compile():
+    # fullgraph=True fails on any graph break; the "eager" backend keeps this fast (the
+    # fusion itself is inductor's job, measured by the benchmark).
+    rng = np.random.default_rng(6)
+    n = 7
+    x = torch.tensor(random_positions(rng, n, 3, 0.1), dtype=torch.float64)
+    compound = openmm.CustomCompoundBondForce(2, "k*distance(p1,p2) + x1")
+    compound.addPerBondParameter("k")
+    compound.addBond([0, 1], [2.0])
+    torch._dynamo.reset()
+    for force in _all_forces(rng, n) + [compound]:
+        term = CUSTOM_BUILDERS[type(force).__name__](force, system_with(force, n), torch.float64)
+        compiled = torch.compile(term, backend="eager", fullgraph=True)
+        torch.testing.assert_close(compiled(x), term(x), rtol=1e-14, atol=0)
 
 
 def test_terms_move_to_float32_with_to():
@@ -570,9 +644,28 @@ def test_terms_move_to_float32_with_to():
 
 def test_empty_forces_give_zero_energy():
     x = torch.rand(3, 4, 3, dtype=torch.float64)
-    for force in (openmm.CustomBondForce("k*r^2"), openmm.CustomTorsionForce("theta")):
+    bond = openmm.CustomBondForce("k*r^2")
+    bond.addPerBondParameter("k")
+    for force in (bond, openmm.CustomTorsionForce("theta")):
         term = CUSTOM_BUILDERS[type(force).__name__](force, system_with(force, 4), torch.float64)
         assert torch.equal(term(x), torch.zeros(3, dtype=torch.float64))
+
+
+def test_single_particle_has_no_pairs():
+    x = torch.rand(3, 1, 3, dtype=torch.float64)
+    gb = openmm.CustomGBForce()
+    gb.addPerParticleParameter("q")
+    gb.addComputedValue("I", "r*q2", openmm.CustomGBForce.ParticlePair)
+    gb.addEnergyTerm("q*I + 2*x", openmm.CustomGBForce.SingleParticle)
+    gb.addEnergyTerm("q1*q2/r", openmm.CustomGBForce.ParticlePair)
+    gb.addParticle([1.5])
+    nonbonded = openmm.CustomNonbondedForce("q1*q2/r")
+    nonbonded.addPerParticleParameter("q")
+    nonbonded.addParticle([1.0])
+    for force, expected in ((gb, 2 * x[:, 0, 0]), (nonbonded, torch.zeros(3, dtype=torch.float64))):
+        term = CUSTOM_BUILDERS[type(force).__name__](force, system_with(force, 1), torch.float64)
+        torch.testing.assert_close(term(x), expected, rtol=1e-15, atol=0)
+        torch.testing.assert_close(torch.jit.script(term)(x), expected, rtol=1e-15, atol=0)
 
 
 def _unsupported_cases():
@@ -602,7 +695,7 @@ def _unsupported_cases():
     ]
 
 
-@pytest.mark.parametrize("force,message", _unsupported_cases(), ids=lambda v: getattr(v, "__class__").__name__ if not isinstance(v, str) else v[:20])
+@pytest.mark.parametrize("force,message", _unsupported_cases(), ids=lambda v: v[:24] if isinstance(v, str) else type(v).__name__)
 def test_unsupported_features_raise_naming_them(force, message):
     with pytest.raises(UnsupportedSystemError, match=message) as info:
         CUSTOM_BUILDERS[type(force).__name__](force, system_with(force, 3), torch.float64)

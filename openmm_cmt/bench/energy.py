@@ -48,7 +48,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--engines", nargs="+", default=None, metavar="PATTERN",
                         help="only these engines (names or shell patterns, e.g. 'openmm-loop-*')")
     parser.add_argument("--seed", type=int, default=0, help="seed of the conformation noise")
-    parser.add_argument("--noise", type=float, default=0.015, help="Gaussian noise on the reference structure, nm")
+    parser.add_argument("--noise", type=float, default=0.01, help="Gaussian noise on the reference structure, nm")
     parser.add_argument("--loop-seconds", type=float, default=10.0,
                         help="time cap of each openmm-loop-* measurement (default 10 s)")
     parser.add_argument("--n-workers", default="auto", help="workers of openmm-pool (default: one per core)")
@@ -186,7 +186,8 @@ def run(args) -> int:
         record(name, rate, e, e_ref, f"batch {args.n}")
 
     _print_table(results)
-    report = {"system": molsys.name, "n": int(args.n), "machine": machine, "seed": int(args.seed), "engines": results}
+    report = {"system": molsys.name, "n": int(args.n), "machine": machine, "seed": int(args.seed),
+              "noise_nm": float(args.noise), "engines": results}
     if args.json:
         directory = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(directory, exist_ok=True)

@@ -38,8 +38,9 @@ class ReplayBuffer:
             raise ValueError(f"x must have per-sample shape {tuple(self.x.shape[1:])}, got {tuple(x.shape[1:])}")
         self.x = x if self.x is None else torch.cat([self.x, x])[-self.capacity :]
         self.x = self.x[-self.capacity :]
-        self.log_q = torch.cat([self.log_q, log_q])[-self.capacity :]
-        self.log_p = torch.cat([self.log_p, log_p])[-self.capacity :]
+        # The buffer lives on the device of the samples it holds.
+        self.log_q = torch.cat([self.log_q.to(log_q.device), log_q])[-self.capacity :]
+        self.log_p = torch.cat([self.log_p.to(log_p.device), log_p])[-self.capacity :]
 
     def state_dict(self) -> dict:
         return {"capacity": self.capacity, "x": self.x, "log_q": self.log_q, "log_p": self.log_p}

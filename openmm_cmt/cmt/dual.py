@@ -93,8 +93,9 @@ class DualSolution:
 
 
 def _check_inputs(log_q, log_p, log_weights):
-    log_q = torch.as_tensor(log_q, dtype=torch.float64)
-    log_p = torch.as_tensor(log_p, dtype=torch.float64)
+    # The dual is a small problem: solve it on the CPU whatever device the samples are on.
+    log_q = torch.as_tensor(log_q).detach().to("cpu", torch.float64)
+    log_p = torch.as_tensor(log_p).detach().to("cpu", torch.float64)
     if log_q.ndim != 1 or log_q.shape != log_p.shape or log_q.numel() < 2:
         raise ValueError(
             "log_q and log_p must be 1-D tensors of equal length >= 2 (one value per sample), "
@@ -105,7 +106,7 @@ def _check_inputs(log_q, log_p, log_weights):
     if log_weights is None:
         lw0 = torch.full_like(log_q, -math.log(log_q.numel()))
     else:
-        lw0 = torch.as_tensor(log_weights, dtype=torch.float64)
+        lw0 = torch.as_tensor(log_weights).detach().to("cpu", torch.float64)
         if lw0.shape != log_q.shape or torch.isnan(lw0).any() or not torch.isfinite(lw0).any():
             raise ValueError("log_weights must be a [N] tensor of base log-weights with a finite entry")
         lw0 = lw0 - torch.logsumexp(lw0, 0)

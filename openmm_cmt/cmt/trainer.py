@@ -24,8 +24,8 @@ One annealing step i (``CMTTrainer.step``) with the current model :math:`q_i = q
 
 ``path="reverse-kl"`` replaces 1-5 by ``grad_steps_per_step`` iterations of
 reparameterised reverse KL, :math:`E_{q_\theta}[\log q_\theta - \log\tilde p]`, each on
-``reverse_kl_batch_size`` fresh samples (default ``samples_per_step //
-grad_steps_per_step``, so that every path spends the same evaluations per step).
+``reverse_kl_batch_size`` fresh samples (by default ``samples_per_step`` spread over
+the iterations, so that every path spends the same evaluations per step).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ class CMTConfig:
         n_geometric: length of the geometric-linear schedule (None: n_steps).
         t_high_factor, n_temperatures: the temperature ladder, T_high = factor * T down
             to T in n_temperatures geometric rungs.
-        reverse_kl_batch_size: samples per reverse-KL iteration (None:
-            samples_per_step // grad_steps_per_step).
+        reverse_kl_batch_size: samples per reverse-KL iteration (None: samples_per_step
+            spread over the step's iterations, the same budget as the other paths).
     """
 
     path: str = "cmt"
@@ -110,17 +110,19 @@ class CMTConfig:
             raise ValueError(f"drop_top_energy_fraction must be in [0, 1), got {self.drop_top_energy_fraction}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
-        if self.path == "reverse-kl" and self.rkl_batch < 2:
+        if self.path == "reverse-kl" and min(self.reverse_kl_batches()) < 2:
             raise ValueError("reverse-kl needs at least 2 samples per iteration (reverse_kl_batch_size)")
         for name in ("eps_tr", "eps_ent"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive (nats), got {getattr(self, name)}")
 
-    @property
-    def rkl_batch(self) -> int:
+    def reverse_kl_batches(self) -> list[int]:
+        """Samples of each reverse-KL iteration of one step: ``reverse_kl_batch_size``, or
+        ``samples_per_step`` split as evenly as possible over ``grad_steps_per_step``."""
         if self.reverse_kl_batch_size is not None:
-            return self.reverse_kl_batch_size
-        return max(1, self.samples_per_step // self.grad_steps_per_step)
+            return [self.reverse_kl_batch_size] * self.grad_steps_per_step
+        base, extra = divmod(self.samples_per_step, self.grad_steps_per_step)
+        return [base + (k < extra) for k in range(self.grad_steps_per_step)]
 
 
 class CMTTrainer:
@@ -242,8 +244,8 @@ class CMTTrainer:
     def _reverse_kl_step(self) -> tuple[DualSolution, list[float]]:
         c = self.config
         losses, solution = [], None
-        for _ in range(c.grad_steps_per_step):
-            x, log_q = self.flow.sample(c.rkl_batch)
+        for batch in c.reverse_kl_batches():
+            x, log_q = self.flow.sample(batch)
             log_p = self._log_p(x)
             log_q = log_q.to(torch.float64)
             if solution is None:
@@ -296,6 +298,7 @@ class CMTTrainer:
             "history": [dict(r) for r in self.history],
             "rng": {
                 "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
                 "generator": self.generator.get_state(),
                 "numpy": {
                     "key": torch.from_numpy(np_state[1].astype(np.int64)),
@@ -323,6 +326,8 @@ class CMTTrainer:
         self.history = [dict(r) for r in state["history"]]
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
+        if rng.get("cuda") and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
         self.generator.set_state(rng["generator"])
         n = rng["numpy"]
         np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))

@@ -69,7 +69,7 @@ def run(args) -> int:
         if args.quiet or time.perf_counter() - last[0] < 10.0:
             return
         last[0] = time.perf_counter()
-        acc = ", ".join(f"{a:.2f}" for a in info["acceptance"])
+        acc = ", ".join("-" if a is None else f"{a:.2f}" for a in info["acceptance"])
         print(
             f"  {info['time_ps']:8.1f} / {info['total_ps']:.1f} ps  frames {info['frames']:7d}  "
             f"wall {info['wall_s']:7.1f} s  acceptance [{acc}]",

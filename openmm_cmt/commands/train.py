@@ -20,6 +20,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=None, help="seed of the flow and the trainer")
     p.add_argument("--reference", default=None, help="reference .npz for the final evaluation")
     p.add_argument("--eval-samples", type=int, default=None, help="samples for the final metrics")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override a preset value, e.g. cmt.eps_tr=0.3 or generator.hidden=128 (repeatable)")
+    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -47,18 +50,49 @@ def run(args) -> int:
             cmt["seed"] = gen["seed"] = args.seed
         if args.eval_samples is not None:
             overrides["eval_samples"] = args.eval_samples
+        for item in args.set:
+            section, key, value = _parse_setting(item)
+            if section == "cmt":
+                cmt[key] = value
+            elif section == "generator":
+                gen[key] = value
+            else:
+                overrides[key] = value
         config = preset(args.preset, cmt=cmt, generator=gen, **overrides)
         sampler = BoltzmannGeneratorSampler(system_from_args(args), config)
     n_params = sum(p.numel() for p in sampler.generator.parameters())
     print(f"{sampler.molsys.name}: {sampler.molsys.n_atoms} atoms, d={sampler.molsys.dim}, "
           f"{n_params / 1e6:.2f}M flow parameters, device {sampler.device}, preset {sampler.config.preset}")
-    sampler.train(n_steps=args.steps, checkpoint_dir=out, progress=not args.quiet)
+    callbacks = []
+    if args.max_minutes is not None:
+        import time
+
+        deadline = time.perf_counter() + 60.0 * args.max_minutes
+        callbacks.append(lambda _sampler, _record: time.perf_counter() > deadline)
+    sampler.train(n_steps=args.steps, checkpoint_dir=out, progress=not args.quiet, callbacks=callbacks)
     print(f"training: {sampler.n_evaluations:.3g} target evaluations, {sampler.trainer.wall_s:.0f} s")
     m = evaluate(sampler, out, n_samples=sampler.config.eval_samples, reference=args.reference)
     _print_metrics(m)
     print(f"report: {os.path.join(out, 'report.html')}")
     sampler.close()
     return 0
+
+
+def _parse_setting(item: str):
+    """'cmt.eps_tr=0.3' -> ('cmt', 'eps_tr', 0.3); values are parsed as JSON when they can be."""
+    import json
+
+    if "=" not in item:
+        raise ValueError(f"--set expects SECTION.KEY=VALUE or KEY=VALUE, got {item!r}")
+    key, raw = item.split("=", 1)
+    section, _, name = key.rpartition(".")
+    if section not in ("", "cmt", "generator"):
+        raise ValueError(f"--set section must be 'cmt' or 'generator', got {section!r}")
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return section, name, value
 
 
 def _print_metrics(m: dict) -> None:

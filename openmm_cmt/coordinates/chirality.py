@@ -50,7 +50,10 @@ def chirality_signs(x: Tensor, centres) -> Tensor:
     """
     if not isinstance(centres, (np.ndarray, Tensor, list, tuple)):
         centres = stereocentres(centres)
-    index = torch.as_tensor(np.asarray(centres), dtype=torch.long, device=x.device).reshape(-1, 4)
+    if isinstance(centres, Tensor):
+        index = centres.to(device=x.device, dtype=torch.long).reshape(-1, 4)
+    else:
+        index = torch.as_tensor(np.asarray(centres), dtype=torch.long, device=x.device).reshape(-1, 4)
     if x.shape[-1] != 3 or x.dim() not in (2, 3):
         raise ValueError(f"positions must have shape [B, N, 3] or [N, 3], got {tuple(x.shape)}")
     if index.numel() and int(index.max()) >= x.shape[-2]:

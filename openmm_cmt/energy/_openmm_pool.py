@@ -13,6 +13,7 @@ OpenMM ends up alone and gets +inf instead of taking the pool down.
 from __future__ import annotations
 
 import collections
+import math
 import multiprocessing
 import multiprocessing.connection
 import time
@@ -216,24 +217,38 @@ class WorkerPool:
         w.process.join(1.0)
         return None, f"process died (exit code {w.process.exitcode})"
 
-    def evaluate(self, x: np.ndarray, forces: bool, chunk_size: int):
-        """Energies [B] (and forces [B, n_atoms, 3]) of the finite conformations ``x``."""
+    def evaluate(self, x: np.ndarray, forces: bool, chunk_size: int | None = None):
+        """Energies [B] (and forces [B, n_atoms, 3]) of the finite conformations ``x``.
+
+        With ``chunk_size=None`` chunks are guided: each takes 1/(2 n_workers) of what
+        is left (at most ``capacity``, at least ~5 ms of work), so chunks start large
+        and shrink towards the end of the batch, where they even out the workers' finish.
+        """
         if self.closed:
             raise RuntimeError("the OpenMM worker pool is closed")
         n = x.shape[0]
         energies = np.full(n, np.inf)
         all_forces = np.zeros((n, self.n_atoms, 3)) if forces else None
-        chunk_size = max(1, min(int(chunk_size), self.capacity))
-        pending = collections.deque((s, min(s + chunk_size, n), 0) for s in range(0, n, chunk_size))
-        max_restarts = self.n_restarts + 4 * len(self.workers) + 2 * int(np.log2(chunk_size + 1)) + 8
+        retry = collections.deque()  # chunks of failed workers, served first
+        cursor = 0  # rows [0, cursor) have been handed out
+        max_restarts = self.n_restarts + 4 * len(self.workers) + 2 * int(np.log2(self.capacity + 1)) + 8
+
+        def next_chunk():
+            nonlocal cursor
+            if retry:
+                return retry.popleft()
+            size = self._chunk_length(n - cursor, chunk_size)
+            cursor += size
+            return cursor - size, cursor, 0
+
         try:
             for w in self.workers:
                 if w.state == "down":
                     self._spawn(w)
-            while pending or any(w.state == "busy" for w in self.workers):
+            while retry or cursor < n or any(w.state == "busy" for w in self.workers):
                 for w in self.workers:
-                    if w.state == "idle" and pending:
-                        self._assign(w, pending.popleft(), x, forces)
+                    if w.state == "idle" and (retry or cursor < n):
+                        self._assign(w, next_chunk(), x, forces)
                 self._wait(self.workers)
                 for w in self.workers:
                     if w.state not in ("starting", "busy"):
@@ -249,7 +264,7 @@ class WorkerPool:
                                 all_forces[start:stop] = w.f_out[: stop - start]
                             w.state, w.chunk = "idle", None
                     elif reason is not None:
-                        self._recover(w, reason, pending, energies, max_restarts)
+                        self._recover(w, reason, retry, energies, max_restarts)
         except BaseException:
             # Ctrl-C or a fatal error: workers in the middle of a chunk would answer
             # into the next call, so end them now; the next call restarts them.
@@ -258,6 +273,14 @@ class WorkerPool:
                     w.stop(graceful=False)
             raise
         return energies, all_forces
+
+    def _chunk_length(self, remaining: int, chunk_size: int | None) -> int:
+        if chunk_size is not None:
+            return max(1, min(int(chunk_size), self.capacity, remaining))
+        known = [w.seconds_per_evaluation for w in self.workers if w.seconds_per_evaluation]
+        smallest = math.ceil(0.005 / max(known)) if known else 1  # keep messages << work
+        guided = math.ceil(remaining / (2 * len(self.workers)))
+        return max(1, min(max(guided, smallest), self.capacity, remaining))
 
     def _assign(self, w: _Worker, chunk, x, forces) -> None:
         start, stop, _ = chunk

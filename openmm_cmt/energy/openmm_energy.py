@@ -75,9 +75,9 @@ class OpenMMEnergy(EnergyEngine):
             cannot be serialised to XML (e.g. an ``openmm.PythonForce`` whose function
             cannot be pickled); without it such a System is evaluated in-process
             (``n_workers=0``) with a RuntimeWarning.
-        chunk_size: conformations per message to a worker. By default a batch is cut
-            into about four chunks per worker (for load balance) of at most 1024
-            conformations and 8 MiB each.
+        chunk_size: conformations per message to a worker. By default chunks are
+            guided: each takes 1/(2 n_workers) of the rows still to hand out, at most
+            1024 conformations and 8 MiB, so that the workers finish together.
         properties: OpenMM platform properties overriding the defaults (CPU:
             Threads=1 per Context; CUDA/OpenCL: Precision=mixed).
         measure_seconds: timing per platform for ``platform="auto"``.
@@ -103,8 +103,10 @@ class OpenMMEnergy(EnergyEngine):
             if not hasattr(molsys, attr):
                 raise TypeError(f"molsys must be a MolecularSystem (with .{attr}), got {type(molsys).__name__}")
         super().__init__(molsys.system.getNumParticles(), molsys.kT)
-        if n_workers != "auto" and not (isinstance(n_workers, int) and n_workers >= 0):
-            raise ValueError(f"n_workers must be 'auto' or an integer >= 0, got {n_workers!r}")
+        if n_workers != "auto":
+            if isinstance(n_workers, bool) or not isinstance(n_workers, (int, np.integer)) or n_workers < 0:
+                raise ValueError(f"n_workers must be 'auto' or an integer >= 0, got {n_workers!r}")
+            n_workers = int(n_workers)
         if chunk_size is not None and not (isinstance(chunk_size, int) and chunk_size >= 1):
             raise ValueError(f"chunk_size must be None or an integer >= 1, got {chunk_size!r}")
         self.system = molsys.system
@@ -216,12 +218,6 @@ class OpenMMEnergy(EnergyEngine):
         """Workers restarted after dying, hanging or raising."""
         return 0 if self._pool is None else self._pool.n_restarts
 
-    def _auto_chunk(self, n: int) -> int:
-        if self.chunk_size is not None:
-            return self.chunk_size
-        # about four chunks per worker, so that a slow worker does not hold up the call
-        return max(1, min(self._pool.capacity, math.ceil(n / (4 * self.n_workers))))
-
     def _energy(self, x: torch.Tensor, forces: bool):
         if self._closed:
             raise RuntimeError("this OpenMMEnergy is closed")
@@ -235,7 +231,7 @@ class OpenMMEnergy(EnergyEngine):
             xs = xn if finite.size == n else np.ascontiguousarray(xn[finite])
             with self._lock:
                 if self._pool is not None:
-                    e, f = self._pool.evaluate(xs, forces, self._auto_chunk(xs.shape[0]))
+                    e, f = self._pool.evaluate(xs, forces, self.chunk_size)
                 else:
                     e = np.empty(xs.shape[0])
                     f = np.empty_like(xs) if forces else None

@@ -123,6 +123,11 @@ class Generator(nn.Module):
         self.support_tolerance = SUPPORT_TOLERANCE
         bounded = kinds == BOUNDED
         self.register_buffer("bounded", bounded)
+        # Bounded dihedrals are scaled relative to their centre modulo 2 pi, so that an
+        # interval may straddle +-pi.
+        is_dihedral = torch.zeros(dim, dtype=torch.bool)
+        is_dihedral[transform.dihedral_indices.cpu()] = True
+        self.register_buffer("wrapped", bounded.cpu() & is_dihedral)
         self.register_buffer("ic_centre", ic_centre.to(torch.get_default_dtype()))
         self.register_buffer("ic_half_width", ic_half_width.to(torch.get_default_dtype()))
 
@@ -146,6 +151,8 @@ class Generator(nn.Module):
         prior: str = "truncated_normal",
         prior_sigma: float = 0.5,
         zmatrix=None,
+        scaling: str = "fixed",
+        width_factor: float = 10.0,
     ) -> "Generator":
         """A fresh generator for ``molsys`` (an ``openmm_cmt.systems.MolecularSystem``).
 
@@ -165,6 +172,10 @@ class Generator(nn.Module):
             prior: ``"truncated_normal"`` or ``"uniform"`` for the bounded dimensions.
             prior_sigma: standard deviation of the truncated normal in scaled units.
             zmatrix: optional ``[N, 4]`` Z-matrix overriding ``build_zmatrix``.
+            scaling: ``"fixed"`` (the widths above) or ``"harmonic"``: widths from the
+                energy's curvature at the reference, impropers bounded
+                (:mod:`openmm_cmt.flows.scaling`; 2D + 1 exact energy evaluations).
+            width_factor: harmonic half-width in conditional standard deviations.
 
         A fresh flow is the identity, so the generator starts as its prior.
         """
@@ -187,7 +198,16 @@ class Generator(nn.Module):
             transform = InternalCoordinateTransform(
                 zmatrix, molsys.positions, as_molecule_graph(molsys.topology), fix_methyl_permutation
             )
-        kinds, centre, half_width = ic_scaling(transform, bond_width, angle_width)
+        if scaling == "fixed":
+            kinds, centre, half_width = ic_scaling(transform, bond_width, angle_width)
+        elif scaling == "harmonic":
+            from openmm_cmt.flows.scaling import harmonic_scaling
+
+            graph = as_molecule_graph(molsys.topology)
+            kinds, centre, half_width = harmonic_scaling(transform, molsys, graph.bonds, graph.elements, width_factor)
+            transform = transform.to(torch.get_default_dtype())
+        else:
+            raise ValueError(f"scaling must be 'fixed' or 'harmonic', got {scaling!r}")
         flow = SplineFlow(kinds, size["n_layers"], size["hidden"], size["depth"], n_bins, masking, torsion_shifts, seed=seed)
         generator = cls(
             flow,
@@ -202,7 +222,7 @@ class Generator(nn.Module):
         generator.build_config = dict(
             preset=preset, n_bins=n_bins, masking=masking, torsion_shifts=torsion_shifts, seed=seed,
             fix_methyl_permutation=fix_methyl_permutation, bond_width=bond_width, angle_width=angle_width,
-            prior=prior, prior_sigma=prior_sigma, **size,
+            prior=prior, prior_sigma=prior_sigma, scaling=scaling, width_factor=width_factor, **size,
         )  # fmt: skip
         return generator
 
@@ -219,6 +239,7 @@ class Generator(nn.Module):
             raise ValueError("latent must have shape [batch, " + str(self.dim) + "], got " + str(list(z.shape)))
         y, logdet_flow = self.flow(z)
         ic = self.ic_centre + self.ic_half_width * y
+        ic = torch.where(self.wrapped, torch.remainder(ic + math.pi, 2.0 * math.pi) - math.pi, ic)
         x, logdet_ic = self.transform.to_cartesian(ic)
         return x, logdet_flow + self._log_scale() + logdet_ic
 
@@ -228,7 +249,9 @@ class Generator(nn.Module):
         ``log_prob(x) = prior_log_prob(z) + log_det``). Out-of-support rows get log_det
         ``-inf`` (and a finite placeholder z)."""
         ic, logdet_ic = self.transform.to_internal(x)
-        y = (ic - self.ic_centre) / self.ic_half_width
+        delta = ic - self.ic_centre
+        delta = torch.where(self.wrapped, torch.remainder(delta + math.pi, 2.0 * math.pi) - math.pi, delta)
+        y = delta / self.ic_half_width
         outside = (self.bounded & (y.abs() > 1.0 + self.support_tolerance)).any(1)
         outside = outside | ~torch.isfinite(y).all(1) | ~torch.isfinite(logdet_ic)
         # Zero the rejected rows before the flow so that no NaN reaches the gradients.

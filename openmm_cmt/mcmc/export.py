@@ -1,50 +1,60 @@
-"""A trained generator as an OpenMM force: E_BG(x) = -kT log q(x).
+r"""A trained generator as an OpenMM force: :math:`E_\mathrm{BG}(x) = -kT \log q(x)`.
 
-The TorchScript file written by ``export_generator`` loads in ``openmmtorch.TorchForce``
-(Reference, CPU and CUDA platforms): its ``forward(positions [n_atoms, 3] nm)`` returns
-E_BG in kJ/mol, and OpenMM takes forces from its autograd gradient. It also carries
-``sample(n)`` and ``log_prob(x)`` with the generator's density contract, and metadata
-(atom count and order, elements, temperature, units, package version) both as scripted
-attributes and as a JSON file inside the archive that ``read_metadata`` reads without
-running any code.
+``export_generator`` writes a TorchScript file whose ``forward(positions [n_atoms, 3] nm)``
+returns :math:`E_\mathrm{BG}` in kJ/mol as a 0-dim tensor, the contract of
+``openmmtorch.TorchForce`` (Reference, CPU and CUDA platforms); OpenMM takes the forces
+:math:`-\nabla E_\mathrm{BG} = kT \nabla \log q` from its autograd gradient. A System
+holding only this force has the Boltzmann distribution :math:`\propto q(x)` (up to the
+rigid-motion directions, along which :math:`\log q` is constant).
+
+The file also carries the generator's density contract as scripted methods
+``sample(n) -> (x [n, N, 3] nm, log_q [n])`` and ``log_prob(x [B, N, 3]) -> [B]`` (nats),
+and metadata: atom count, order (elements, names, masses), temperature, kT, units and
+versions. The metadata sit both in scripted attributes (``metadata_json``) and in a JSON
+file inside the archive, which ``read_metadata`` reads without running any code.
 
 TorchForce is deprecated upstream in favour of Python-side forces, so
-``generator_python_force`` wraps the same module in an ``openmm.PythonForce``, which works
-with any torch version and needs no openmm-torch.
+``generator_python_force`` wraps the same file in an ``openmm.PythonForce``: it works with
+any torch version, needs no openmm-torch, and pickles (so the System serialises to XML).
 """
 
-from __future__ import annotations
-
+import copy
 import io
 import json
 import os
-import zipfile
 from typing import List, Tuple
+import zipfile
 
 import numpy as np
 import torch
 import openmm
-from openmm import app, unit
+from openmm import unit
 
 import openmm_cmt
 from openmm_cmt.checkpoint import atomic_write_bytes
 
 METADATA_FILE = "openmm_cmt_metadata.json"
 
+# Masses differing by more than this (dalton) mean a different atom.
+_MASS_TOLERANCE = 1e-3
+
 
 class GeneratorEnergy(torch.nn.Module):
-    """E_BG(x) = -kT log q(x) in kJ/mol for one conformation, TorchForce-compatible."""
+    r""":math:`E_\mathrm{BG}(x) = -kT \log q(x)` in kJ/mol for one conformation.
+
+    ``forward`` takes OpenMM's positions ``[n_atoms, 3]`` (nm, any float dtype), computes in
+    the generator's dtype and returns a 0-dim tensor in the dtype of the positions.
+    Positions outside the generator's support give ``+inf``.
+    """
 
     n_atoms: int
     temperature: float
     kT: float
     elements: List[str]
     atom_names: List[str]
-    length_unit: str
-    energy_unit: str
-    version: str
+    metadata_json: str
 
-    def __init__(self, generator: torch.nn.Module, kT: float, elements: List[str], atom_names: List[str], temperature: float):
+    def __init__(self, generator: torch.nn.Module, kT: float, temperature: float, elements: List[str], atom_names: List[str], metadata_json: str):
         super().__init__()
         self.generator = generator
         self.n_atoms = int(generator.n_atoms)
@@ -52,64 +62,79 @@ class GeneratorEnergy(torch.nn.Module):
         self.kT = float(kT)
         self.elements = list(elements)
         self.atom_names = list(atom_names)
-        self.length_unit = "nm"
-        self.energy_unit = "kJ/mol"
-        self.version = openmm_cmt.__version__
+        self.metadata_json = metadata_json
+        # Follows .to(dtype/device) of the module, so forward can cast its input.
+        dtype = next(iter(generator.parameters())).dtype
+        self.register_buffer("dtype_probe", torch.zeros((), dtype=dtype))
 
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
-        x = positions.reshape(1, self.n_atoms, 3)
-        log_q = self.generator.log_prob(x.to(self.param_dtype()))
+        if positions.dim() != 2 or positions.shape[0] != self.n_atoms or positions.shape[1] != 3:
+            raise ValueError(
+                "positions must have shape [" + str(self.n_atoms) + ", 3] in nm, got " + str(list(positions.shape))
+            )
+        x = positions.reshape(1, self.n_atoms, 3).to(self.dtype_probe.dtype)
+        log_q = self.generator.log_prob(x)
         return (-self.kT * log_q[0]).to(positions.dtype)
 
     @torch.jit.export
-    def param_dtype(self) -> torch.dtype:
-        for p in self.generator.parameters():
-            return p.dtype
-        return torch.float64
-
-    @torch.jit.export
     def sample(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(x [n, N, 3] nm, log_q [n])`` from the generator (canonical frame)."""
         return self.generator.sample(n)
 
     @torch.jit.export
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
-        return self.generator.log_prob(x.to(self.param_dtype()))
+        """``log q(x)`` in nats, ``[B]`` for ``x [B, N, 3]`` nm."""
+        return self.generator.log_prob(x.to(self.dtype_probe.dtype))
 
 
-def export_generator(generator: torch.nn.Module, molsys, path) -> dict:
-    """Script ``generator`` for ``molsys`` (a MolecularSystem) and write it to ``path``.
+def export_generator(generator: torch.nn.Module, molsys, path, dtype: torch.dtype | None = None) -> dict:
+    """Script ``generator`` (a ``Generator`` for ``molsys``) and write it to ``path``.
 
-    Returns the metadata written into the file.
+    The file holds a CPU copy in ``dtype`` (default: the generator's); the generator
+    itself is not modified. Returns the metadata written into the file.
     """
-    was_training = generator.training
-    generator.eval()
-    module = GeneratorEnergy(
-        generator, molsys.kT, molsys.elements, [a.name for a in molsys.topology.atoms()], molsys.temperature
-    )
-    scripted = torch.jit.script(module)
+    n = getattr(generator, "n_atoms", None)
+    if n != molsys.n_atoms:
+        raise ValueError(f"the generator has {n} atoms, the MolecularSystem {molsys.name!r} has {molsys.n_atoms}")
+    elements = list(molsys.elements)
+    if list(getattr(generator, "elements", elements)) != elements:
+        raise ValueError(f"the generator's element order differs from the MolecularSystem {molsys.name!r}")
+    atom_names = [a.name for a in molsys.topology.atoms()]
+    module = copy.deepcopy(generator).cpu().eval()
+    if dtype is not None:
+        module = module.to(dtype)
+    param_dtype = next(iter(module.parameters())).dtype
     metadata = {
+        "format": "openmm_cmt generator",
         "n_atoms": molsys.n_atoms,
-        "elements": molsys.elements,
-        "atom_names": [a.name for a in molsys.topology.atoms()],
+        "elements": elements,
+        "atom_names": atom_names,
         "masses_dalton": molsys.masses.tolist(),
         "temperature_K": molsys.temperature,
         "kT_kJ_per_mol": molsys.kT,
         "units": {"length": "nm", "energy": "kJ/mol", "log_prob": "nats"},
-        "forward": "E_BG(x) = -kT log q(x), positions [n_atoms, 3] in nm",
+        "forward": "E_BG(x) = -kT log q(x) in kJ/mol for positions [n_atoms, 3] in nm",
+        "methods": {"sample": "n -> (x [n, n_atoms, 3] nm, log_q [n])", "log_prob": "x [B, n_atoms, 3] nm -> [B] nats"},
+        "dtype": str(param_dtype).replace("torch.", ""),
         "system": molsys.name,
         "openmm_cmt_version": openmm_cmt.__version__,
         "torch_version": torch.__version__,
+        "openmm_version": openmm.__version__,
     }
+    text = json.dumps(metadata)
+    wrapper = GeneratorEnergy(module, molsys.kT, molsys.temperature, elements, atom_names, text)
+    scripted = torch.jit.script(wrapper)
     buffer = io.BytesIO()
-    torch.jit.save(scripted, buffer, _extra_files={METADATA_FILE: json.dumps(metadata)})
+    torch.jit.save(scripted, buffer, _extra_files={METADATA_FILE: text})
     atomic_write_bytes(path, buffer.getvalue())
-    generator.train(was_training)
     return metadata
 
 
 def read_metadata(path) -> dict:
     """The metadata of an exported file, read from the archive without loading code."""
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"exported generator not found: {path}")
     try:
         with zipfile.ZipFile(path) as archive:
             for name in archive.namelist():
@@ -117,17 +142,18 @@ def read_metadata(path) -> dict:
                     return json.loads(archive.read(name))
     except zipfile.BadZipFile as err:
         raise ValueError(f"{path} is not a TorchScript archive: {err}") from err
-    raise ValueError(f"{path} has no {METADATA_FILE}: not written by openmm_cmt.export_generator")
+    raise ValueError(f"{path} has no {METADATA_FILE}: not written by openmm_cmt export_generator")
 
 
-def check_compatible(metadata: dict, system: openmm.System, topology: app.Topology | None = None) -> None:
-    """Raise ValueError unless ``system`` (and ``topology``) has the exported atom count and order."""
+def check_compatible(metadata: dict, system: openmm.System, topology=None) -> None:
+    """Raise ValueError unless ``system`` (and ``topology``, if given) has the exported
+    atom count and order: per-particle masses, and elements and atom names."""
     n = system.getNumParticles()
     if n != metadata["n_atoms"]:
-        raise ValueError(f"the generator was exported for {metadata['n_atoms']} atoms, the System has {n}")
+        raise ValueError(f"the generator was exported for {metadata['n_atoms']} atoms, the System has {n} particles")
     masses = np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(n)])
     expected = np.array(metadata["masses_dalton"])
-    wrong = np.flatnonzero(np.abs(masses - expected) > 1e-3)
+    wrong = np.flatnonzero(np.abs(masses - expected) > _MASS_TOLERANCE)
     if wrong.size:
         i = int(wrong[0])
         raise ValueError(
@@ -135,13 +161,29 @@ def check_compatible(metadata: dict, system: openmm.System, topology: app.Topolo
             f"the generator expects {metadata['elements'][i]} ({expected[i]:.3f} Da); {wrong.size} particles differ"
         )
     if topology is not None:
-        elements = [a.element.symbol if a.element is not None else "X" for a in topology.atoms()]
-        if elements != metadata["elements"]:
-            raise ValueError("topology element order differs from the exported generator's")
+        if topology.getNumAtoms() != n:
+            raise ValueError(f"the topology has {topology.getNumAtoms()} atoms, the System {n} particles")
+        for i, atom in enumerate(topology.atoms()):
+            element = atom.element.symbol if atom.element is not None else "X"
+            if element != metadata["elements"][i] or atom.name != metadata["atom_names"][i]:
+                raise ValueError(
+                    f"atom order differs from the exported generator: atom {i} is {atom.name} ({element}), "
+                    f"the generator expects {metadata['atom_names'][i]} ({metadata['elements'][i]})"
+                )
+
+
+def load_generator(path, system: openmm.System | None = None, topology=None, device="cpu") -> torch.jit.ScriptModule:
+    """The scripted module of an exported file (``forward``, ``sample``, ``log_prob``),
+    checked against ``system`` and ``topology`` when given."""
+    metadata = read_metadata(path)
+    if system is not None:
+        check_compatible(metadata, system, topology)
+    return torch.jit.load(os.fspath(path), map_location=device)
 
 
 def load_generator_force(path, system: openmm.System | None = None, topology=None):
-    """An ``openmmtorch.TorchForce`` from an exported file, checked against ``system``."""
+    """An ``openmmtorch.TorchForce`` adding E_BG from an exported file, checked against
+    ``system`` (and ``topology``) when given. Needs openmm-torch."""
     metadata = read_metadata(path)
     if system is not None:
         check_compatible(metadata, system, topology)
@@ -151,23 +193,63 @@ def load_generator_force(path, system: openmm.System | None = None, topology=Non
     return openmmtorch.TorchForce(os.fspath(path))
 
 
-def generator_python_force(path_or_module, system: openmm.System | None = None) -> openmm.PythonForce:
-    """An ``openmm.PythonForce`` adding E_BG(x) = -kT log q(x); needs no openmm-torch."""
+class GeneratorForceComputation:
+    """The ``compute(state) -> (energy, forces)`` of ``generator_python_force``.
+
+    Picklable: it carries the TorchScript archive as bytes and loads it on first use, so a
+    System holding the PythonForce serialises with ``XmlSerializer``.
+    """
+
+    def __init__(self, archive: bytes):
+        self.archive = bytes(archive)
+        self._module = None
+
+    @property
+    def module(self):
+        if self._module is None:
+            self._module = torch.jit.load(io.BytesIO(self.archive), map_location="cpu")
+        return self._module
+
+    def __call__(self, state):
+        pos = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
+        x = torch.tensor(np.asarray(pos), dtype=torch.float64, requires_grad=True)
+        with torch.enable_grad():
+            energy = self.module(x)
+            (grad,) = torch.autograd.grad(energy, x)
+        return float(energy.detach()), (-grad).detach().numpy()
+
+    def __getstate__(self):
+        return {"archive": self.archive}
+
+    def __setstate__(self, state):
+        self.archive = state["archive"]
+        self._module = None
+
+
+def generator_python_force(path_or_module, system: openmm.System | None = None, topology=None) -> openmm.PythonForce:
+    """An ``openmm.PythonForce`` adding E_BG(x) = -kT log q(x) (kJ/mol, forces by autograd);
+    needs no openmm-torch.
+
+    Args:
+        path_or_module: an exported file, or a scripted ``GeneratorEnergy``.
+        system, topology: checked against the file's metadata when given.
+    """
     if isinstance(path_or_module, (str, os.PathLike)):
         metadata = read_metadata(path_or_module)
         if system is not None:
-            check_compatible(metadata, system)
-        module = torch.jit.load(os.fspath(path_or_module), map_location="cpu")
+            check_compatible(metadata, system, topology)
+        with open(os.fspath(path_or_module), "rb") as f:
+            archive = f.read()
+    elif isinstance(path_or_module, torch.jit.ScriptModule):
+        n = getattr(path_or_module, "n_atoms", None)
+        if system is not None and n != system.getNumParticles():
+            raise ValueError(f"the generator module has {n} atoms, the System has {system.getNumParticles()} particles")
+        buffer = io.BytesIO()
+        torch.jit.save(path_or_module, buffer)
+        archive = buffer.getvalue()
     else:
-        module = path_or_module
-    energy_unit = unit.kilojoule_per_mole
-    force_unit = unit.kilojoule_per_mole / unit.nanometer
-
-    def compute(state):
-        pos = state.getPositions(asNumpy=True).value_in_unit(unit.nanometer)
-        x = torch.tensor(np.asarray(pos), dtype=torch.float64, requires_grad=True)
-        energy = module(x)
-        (grad,) = torch.autograd.grad(energy, x)
-        return float(energy) * energy_unit, (-grad).numpy() * force_unit
-
-    return openmm.PythonForce(compute)
+        raise TypeError(
+            "expected the path of an exported generator or a scripted GeneratorEnergy, got "
+            f"{type(path_or_module).__name__} (export a Generator with export_generator first)"
+        )
+    return openmm.PythonForce(GeneratorForceComputation(archive))

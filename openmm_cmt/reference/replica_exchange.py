@@ -133,6 +133,9 @@ class ReferenceSamples:
         try:
             with os.fdopen(fd, "wb") as fh:
                 np.savez(fh, **arrays)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates the file private
             os.replace(tmp, path)
         except BaseException:
             if os.path.exists(tmp):
@@ -368,7 +371,8 @@ class ReplicaExchange:
 
 
 def _ratio(num, den) -> list:
-    return [float(a) / b if b else float("nan") for a, b in zip(num, den)]
+    """Ratios, None where nothing was attempted (JSON has no NaN)."""
+    return [float(a) / b if b else None for a, b in zip(num, den)]
 
 
 def _diagnostics(phi, psi, energies, ladders, accepts, attempts, round_trips, n_ladders) -> dict:

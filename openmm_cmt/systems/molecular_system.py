@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from typing import Callable
 
 import numpy as np
 import openmm
@@ -24,6 +25,9 @@ class MolecularSystem:
         positions: reference positions, ``[n_atoms, 3]`` float64 in nm (a minimised
             structure where the builder minimised it).
         temperature: in K.
+        system_factory: optional picklable zero-argument callable rebuilding ``system``
+            (set for Systems that hold an ``openmm.PythonForce``, e.g. ML potentials);
+            engines may rebuild the System in worker processes with it.
     """
 
     name: str
@@ -31,6 +35,7 @@ class MolecularSystem:
     system: openmm.System
     positions: np.ndarray
     temperature: float
+    system_factory: Callable[[], openmm.System] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
         self.positions = _as_nm_array(self.positions)
@@ -132,6 +137,31 @@ class MolecularSystem:
             positions=pdb.getPositions(asNumpy=True),
             temperature=temperature,
         )
+
+    @classmethod
+    def from_ml_potential(
+        cls,
+        topology: app.Topology,
+        positions,
+        potential: str,
+        temperature: float = 300.0,
+        ml_atoms=None,
+        classical_system: openmm.System | None = None,
+        name: str | None = None,
+        **kwargs,
+    ) -> "MolecularSystem":
+        """A system whose energy comes from openmm-ml's ``MLPotential(potential, **kwargs)``.
+
+        Pure ML (``createSystem(topology)``) by default; with ``ml_atoms`` (whole
+        molecules) an ML/MM System from ``classical_system`` by ``createMixedSystem``.
+        ``download`` (``"auto"``, True, False) controls weight downloads; missing weights
+        that cannot be fetched raise ``openmm_cmt.systems.ml.ModelWeightsUnavailableError``
+        naming the file and where to put it. See :mod:`openmm_cmt.systems.ml`.
+        """
+        from openmm_cmt.systems import ml
+
+        return ml.from_ml_potential(cls, topology, positions, potential, temperature, ml_atoms,
+                                    classical_system, name, **kwargs)
 
 
 _IMPLICIT = {

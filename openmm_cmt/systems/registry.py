@@ -33,9 +33,26 @@ def get(name: str, **kwargs) -> MolecularSystem:
 def resolve(spec: str, forcefield_files=None, temperature: float | None = None, implicit_solvent=None) -> MolecularSystem:
     """A MolecularSystem from a command-line SYSTEM argument.
 
-    ``spec`` is a registered name, or a path ending in ``.pdb`` (then
-    ``forcefield_files`` and ``implicit_solvent`` are used).
+    ``spec`` is a registered name, a path ending in ``.pdb`` (then
+    ``forcefield_files`` and ``implicit_solvent`` are used), or a folder holding
+    ``system.xml`` (a run folder, or one written by ``openmm_cmt.checkpoint.save_system``).
+    A name or PDB path followed by ``:<potential>`` is the same molecule with a pure
+    openmm-ml potential (e.g. ``alanine-dipeptide:ani2x``; ``openmm_cmt.systems.ml``).
     """
+    import os
+
+    if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "system.xml")):
+        from openmm_cmt.checkpoint import load_system
+
+        molsys = load_system(spec)
+        if temperature is not None:
+            molsys.temperature = float(temperature)
+        return molsys
+    if ":" in spec:
+        from openmm_cmt.systems import ml
+
+        base, potential = ml.split_spec(spec)
+        return ml.from_spec(resolve(base, forcefield_files, temperature, implicit_solvent), potential)
     if spec.lower().endswith(".pdb"):
         kwargs = {}
         if forcefield_files:
@@ -49,7 +66,8 @@ def resolve(spec: str, forcefield_files=None, temperature: float | None = None, 
 
 def add_system_arguments(parser) -> None:
     """The SYSTEM argument and its options, shared by every subcommand."""
-    parser.add_argument("system", metavar="SYSTEM", help=f"a registered system ({', '.join(names())}) or a PDB file")
+    parser.add_argument("system", metavar="SYSTEM", help=f"a registered system ({', '.join(names())}) or a PDB file, "
+                        "optionally followed by :POTENTIAL for an openmm-ml target (e.g. alanine-dipeptide:ani2x)")
     parser.add_argument("--forcefield", nargs="+", default=None, help="force-field XMLs for a PDB SYSTEM")
     parser.add_argument("--implicit-solvent", default=None, help="obc1, obc2, gbn, gbn2, hct or an XML, for a PDB SYSTEM")
     parser.add_argument("--temperature", type=float, default=None, help="K (default: the system's own)")

@@ -27,7 +27,6 @@ Unsupported features (periodic boundary conditions, tabulated functions) raise
 ``UnsupportedSystemError`` naming them.
 """
 
-
 from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
@@ -53,12 +52,20 @@ def _globals(force) -> Dict[str, float]:
     return {force.getGlobalParameterName(i): force.getGlobalParameterDefaultValue(i) for i in range(force.getNumGlobalParameters())}
 
 
-def _check_common(force, problems: List[str]) -> None:
+def _require_supported(force, problems: Sequence[str] = ()) -> None:
+    """Raise UnsupportedSystemError listing ``problems`` and the features of ``force``
+    that cannot be compiled (periodic boundary conditions, tabulated functions)."""
+    problems = list(problems)
     if force.usesPeriodicBoundaryConditions():
         problems.append("periodic boundary conditions are not supported")
     if hasattr(force, "getNumTabulatedFunctions") and force.getNumTabulatedFunctions() > 0:
         names = [force.getTabulatedFunctionName(i) for i in range(force.getNumTabulatedFunctions())]
         problems.append(f"tabulated functions are not supported ({', '.join(names)})")
+    if problems:
+        raise UnsupportedSystemError(problems)
+
+
+_PERIODIC_METHOD = "nonbonded method {} (periodic) is not supported; use NoCutoff or CutoffNonPeriodic"
 
 
 def _compile(expression, inputs: Sequence[str], constants: Dict[str, float], allowed=()) -> CompiledExpression:
@@ -66,11 +73,6 @@ def _compile(expression, inputs: Sequence[str], constants: Dict[str, float], all
         return compile_expression(expression, inputs, constants, allowed_functions=allowed)
     except ValueError as err:
         raise UnsupportedSystemError(str(err)) from None
-
-
-def _raise(problems: List[str]) -> None:
-    if problems:
-        raise UnsupportedSystemError(problems)
 
 
 def _param_matrix(rows: Sequence[Sequence[float]], n_params: int, dtype) -> Tensor:
@@ -84,9 +86,9 @@ def _rows(t: Tensor) -> List[Tensor]:
     return list(t.unbind(0))
 
 
-def _broadcast_sum(e: Tensor, like: Tensor) -> Tensor:
+def _broadcast_sum(e: Tensor, shape: List[int]) -> Tensor:
     # An expression that ignores the coordinates comes back without the batch dimension.
-    return energy_sum(torch.broadcast_to(e, like.shape))
+    return energy_sum(torch.broadcast_to(e, shape))
 
 
 # ---------------------------------------------------------------------------------------
@@ -113,13 +115,11 @@ class CustomBondedTerm(nn.Module):
             g = angle(x, a[0], a[1], a[2])
         else:
             g = dihedral(x, a[0], a[1], a[2], a[3])
-        return _broadcast_sum(self.energy([g] + _rows(self.params)), g)
+        return _broadcast_sum(self.energy([g] + _rows(self.params)), g.shape)
 
 
 def _build_bonded(force, dtype, order: int, variable: str) -> CustomBondedTerm:
-    problems: List[str] = []
-    _check_common(force, problems)
-    _raise(problems)
+    _require_supported(force)
     noun = {2: "Bond", 3: "Angle", 4: "Torsion"}[order]
     n_params = getattr(force, f"getNumPer{noun}Parameters")()
     names = [getattr(force, f"getPer{noun}ParameterName")(i) for i in range(n_params)]
@@ -159,10 +159,12 @@ class CustomCompoundBondTerm(nn.Module):
     coordinates: List[List[int]]
     geometry: List[List[int]]
 
-    def __init__(self, atoms: Tensor, params: Tensor, coordinates: List[List[int]], geometry: List[List[int]], energy: CompiledExpression):
+    def __init__(
+        self, atoms: Tensor, params: Tensor, coordinates: List[List[int]], geometry: List[List[int]], energy: CompiledExpression
+    ):
         super().__init__()
         self.register_buffer("atoms", atoms)  # [particles per bond, M]
-        self.register_buffer("params", params)  # [P, M]
+        self.register_buffer("params", params)  # [P + 1, M]; the last row is zeros
         self.coordinates = coordinates
         self.geometry = geometry
         self.energy = energy
@@ -180,14 +182,11 @@ class CustomCompoundBondTerm(nn.Module):
                 inputs.append(angle(x, a[g[1]], a[g[2]], a[g[3]]))
             else:
                 inputs.append(dihedral(x, a[g[1]], a[g[2]], a[g[3]], a[g[4]]))
-        like = torch.zeros(x.shape[0], a.shape[1], dtype=x.dtype, device=x.device)
-        return _broadcast_sum(self.energy(inputs + _rows(self.params)), like)
+        return _broadcast_sum(self.energy(inputs + _rows(self.params)), [x.shape[0], a.shape[1]])
 
 
 def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    problems: List[str] = []
-    _check_common(force, problems)
-    _raise(problems)
+    _require_supported(force)
     k = force.getNumParticlesPerBond()
     names = [force.getPerBondParameterName(i) for i in range(force.getNumPerBondParameters())]
     rows = [force.getBondParameters(i) for i in range(force.getNumBonds())]
@@ -222,7 +221,9 @@ def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: op
     tree = substitute(tree, replace)
     used = variables(tree)
     coordinates = [[p, a] for p in range(k) for a in range(3) if f"{'xyz'[a]}{p + 1}" in used]
-    inputs = [f"{'xyz'[a]}{p + 1}" for p, a in coordinates] + geometry_names + names
+    # A trailing row of zeros gives an expression that uses nothing else its shape [M].
+    inputs = [f"{'xyz'[a]}{p + 1}" for p, a in coordinates] + geometry_names + names + ["__bond"]
+    params = torch.cat([params, torch.zeros(1, len(rows), dtype=dtype)])
     energy = _compile(tree, inputs, _globals(force), allowed=("pointdistance", "pointangle", "pointdihedral"))
     return CustomCompoundBondTerm(atoms, params, coordinates, geometry, energy)
 
@@ -231,12 +232,10 @@ def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: op
 # CustomNonbondedForce
 
 
-def _exclusion_set(force, n_exclusions: int) -> set:
-    out = set()
-    for k in range(n_exclusions):
-        i, j = force.getExclusionParticles(k)
-        out.add((min(i, j), max(i, j)))
-    return out
+def _exclusion_set(force) -> set:
+    """Excluded pairs as (smaller index, larger index)."""
+    pairs = (force.getExclusionParticles(k) for k in range(force.getNumExclusions()))
+    return {(min(i, j), max(i, j)) for i, j in pairs}
 
 
 class CustomNonbondedTerm(nn.Module):
@@ -244,7 +243,9 @@ class CustomNonbondedTerm(nn.Module):
     per-particle parameters and computed values; with a cutoff r_c, pairs at r >= r_c
     contribute 0 and S is OpenMM's switching function (S = 1 without switching)."""
 
-    def __init__(self, i: Tensor, j: Tensor, params1: Tensor, params2: Tensor, energy: CompiledExpression, cutoff: float, switch: float):
+    def __init__(
+        self, i: Tensor, j: Tensor, params1: Tensor, params2: Tensor, energy: CompiledExpression, cutoff: float, switch: float
+    ):
         super().__init__()
         self.register_buffer("i", i)
         self.register_buffer("j", j)
@@ -271,9 +272,8 @@ class CustomNonbondedTerm(nn.Module):
 def _interaction_pairs(force, n: int, excluded: set) -> np.ndarray:
     """[M, 2] pairs in OpenMM's order of roles (first = particle "1")."""
     if force.getNumInteractionGroups() == 0:
-        i, j = np.triu_indices(n, k=1)
-        keep = np.array([(a, b) not in excluded for a, b in zip(i.tolist(), j.tolist())], dtype=bool)
-        return np.stack([i[keep], j[keep]], axis=1) if len(i) else np.zeros((0, 2), dtype=np.int64)
+        pairs = np.stack(np.triu_indices(n, k=1), axis=1)
+        return pairs[[(a, b) not in excluded for a, b in pairs.tolist()]].reshape(-1, 2)
     pairs = []
     for g in range(force.getNumInteractionGroups()):
         set1, set2 = (set(s) for s in force.getInteractionGroupParameters(g))
@@ -289,12 +289,9 @@ def _interaction_pairs(force, n: int, excluded: set) -> np.ndarray:
 
 
 def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    problems: List[str] = []
-    _check_common(force, problems)
     method = force.getNonbondedMethod()
-    if method not in (openmm.CustomNonbondedForce.NoCutoff, openmm.CustomNonbondedForce.CutoffNonPeriodic):
-        problems.append(f"nonbonded method {method} (periodic) is not supported; use NoCutoff or CutoffNonPeriodic")
-    _raise(problems)
+    periodic = method not in (openmm.CustomNonbondedForce.NoCutoff, openmm.CustomNonbondedForce.CutoffNonPeriodic)
+    _require_supported(force, [_PERIODIC_METHOD.format(method)] if periodic else [])
     n = force.getNumParticles()
     if n != system.getNumParticles():
         raise UnsupportedSystemError(f"has {n} particles but the System has {system.getNumParticles()}")
@@ -313,7 +310,7 @@ def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.Sy
         table = np.concatenate([table, values[:, None]], axis=1)
         names = names + [name]
 
-    pairs = _interaction_pairs(force, n, _exclusion_set(force, force.getNumExclusions()))
+    pairs = _interaction_pairs(force, n, _exclusion_set(force))
     cutoff = value(force.getCutoffDistance()) if method == openmm.CustomNonbondedForce.CutoffNonPeriodic else 0.0
     switch = value(force.getSwitchingDistance()) if force.getUseSwitchingFunction() and cutoff > 0 else -1.0
     if force.getUseSwitchingFunction() and cutoff > 0 and not 0.0 <= switch < cutoff:
@@ -426,12 +423,9 @@ class CustomGBTerm(nn.Module):
 
 
 def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    problems: List[str] = []
-    _check_common(force, problems)
     method = force.getNonbondedMethod()
-    if method not in (openmm.CustomGBForce.NoCutoff, openmm.CustomGBForce.CutoffNonPeriodic):
-        problems.append(f"nonbonded method {method} (periodic) is not supported; use NoCutoff or CutoffNonPeriodic")
-    _raise(problems)
+    periodic = method not in (openmm.CustomGBForce.NoCutoff, openmm.CustomGBForce.CutoffNonPeriodic)
+    _require_supported(force, [_PERIODIC_METHOD.format(method)] if periodic else [])
     n = force.getNumParticles()
     if n != system.getNumParticles():
         raise UnsupportedSystemError(f"has {n} particles but the System has {system.getNumParticles()}")
@@ -440,17 +434,17 @@ def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: t
     rows = [list(force.getParticleParameters(i)) for i in range(n)]
     params = _param_matrix(rows, len(names), torch.float64)
 
-    excluded = _exclusion_set(force, force.getNumExclusions())
-    i, j = np.triu_indices(n, k=1)
-    all_pairs = np.stack([i, j], axis=1).astype(np.int64)
-    keep = np.array([(a, b) not in excluded for a, b in all_pairs.tolist()], dtype=bool).reshape(-1)
-    ex_pairs = all_pairs[keep] if len(all_pairs) else all_pairs
+    excluded = _exclusion_set(force)
+    all_pairs = np.stack(np.triu_indices(n, k=1), axis=1)
+    ex_pairs = all_pairs[[(a, b) not in excluded for a, b in all_pairs.tolist()]].reshape(-1, 2)
 
     def single_inputs(value_names):
         return names + value_names + ["x", "y", "z"]
 
     def pair_inputs(value_names):
-        return ["r"] + [f"{p}1" for p in names] + [f"{p}2" for p in names] + [f"{v}1" for v in value_names] + [f"{v}2" for v in value_names]
+        # The order forward() passes them in: r, parameters of 1, of 2, values of 1, of 2.
+        suffixed = [f"{p}{k}" for k in "12" for p in names] + [f"{v}{k}" for k in "12" for v in value_names]
+        return ["r"] + suffixed
 
     value_names: List[str] = []
     value_kinds: List[int] = []

@@ -74,26 +74,26 @@ class TorchEnergyEngine(EnergyEngine):
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         return 2 * _LIVE_COPIES * itemsize * self.module.work_elements() + 64 * self.n_atoms
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
-        if self._compiled is not None:
-            try:
-                return self._compiled(x)
-            except Exception as err:  # compilation errors surface at the first call
-                warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); using the eager module",
-                              RuntimeWarning, stacklevel=3)
-                self._compiled = None
-        return self.module(x)
+    def _evaluate(self, fn, x: torch.Tensor, forces: bool):
+        if not forces:
+            with torch.no_grad():
+                return fn(x), None
+        x = x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            e = fn(x)
+            (grad,) = torch.autograd.grad(e.sum(), x)
+        return e.detach(), -grad
 
     def _chunk(self, x: torch.Tensor, forces: bool):
         x = x.to(device=self.device, dtype=self.dtype)
-        if not forces:
-            with torch.no_grad():
-                return self._call(x), None
-        x = x.detach().requires_grad_(True)
-        with torch.enable_grad():
-            e = self._call(x)
-            (grad,) = torch.autograd.grad(e.sum(), x)
-        return e.detach(), -grad
+        if self._compiled is not None:
+            try:
+                return self._evaluate(self._compiled, x, forces)
+            except Exception as err:  # compilation errors surface at the first (backward) call
+                warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); using the eager module",
+                              RuntimeWarning, stacklevel=4)
+                self._compiled = None
+        return self._evaluate(self.module, x, forces)
 
     def _energy(self, x: torch.Tensor, forces: bool):
         out_device = x.device

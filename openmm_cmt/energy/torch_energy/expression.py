@@ -29,6 +29,7 @@ import linecache
 import math
 from typing import Dict, List, Mapping, NamedTuple, Optional, Sequence, Union
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -194,72 +195,50 @@ def parse(expression: str) -> Node:
 # Function table: arity, value on constants (for folding) and torch code
 
 
-def _np_div(a: float, b: float) -> float:
-    if b == 0.0:
-        if a == 0.0 or math.isnan(a):
-            return math.nan
-        return math.copysign(math.inf, a) * math.copysign(1.0, b)
-    return a / b
+def _numpy(fn):
+    # Fold in IEEE float64 as Lepton's C++ does: overflow gives +-inf, domain errors nan.
+    def folded(*args):
+        with np.errstate(all="ignore"):
+            return float(fn(*(np.float64(a) for a in args)))
 
-
-def _safe(fn):
-    # Lepton evaluates with C's libm: domain errors give nan, overflow gives inf.
-    def wrapped(*args):
-        try:
-            return float(fn(*args))
-        except (ValueError, ZeroDivisionError):
-            return math.nan
-        except OverflowError:
-            return math.inf
-
-    return wrapped
-
-
-def _pow(a: float, b: float) -> float:
-    try:
-        out = a**b
-    except ZeroDivisionError:
-        return math.inf
-    except OverflowError:
-        return math.inf
-    return math.nan if isinstance(out, complex) else float(out)
+    return folded
 
 
 _FOLD = {
-    "neg": lambda a: -a,
-    "+": lambda a, b: a + b,
-    "-": lambda a, b: a - b,
-    "*": lambda a, b: a * b,
-    "/": _np_div,
-    "^": _pow,
-    "sqrt": _safe(math.sqrt),
-    "exp": _safe(math.exp),
-    "log": lambda a: -math.inf if a == 0 else _safe(math.log)(a),
-    "sin": _safe(math.sin),
-    "cos": _safe(math.cos),
-    "sec": lambda a: _np_div(1.0, _safe(math.cos)(a)),
-    "csc": lambda a: _np_div(1.0, _safe(math.sin)(a)),
-    "tan": _safe(math.tan),
-    "cot": lambda a: _np_div(1.0, _safe(math.tan)(a)),
-    "asin": _safe(math.asin),
-    "acos": _safe(math.acos),
-    "atan": _safe(math.atan),
-    "atan2": _safe(math.atan2),
-    "sinh": _safe(math.sinh),
-    "cosh": _safe(math.cosh),
-    "tanh": _safe(math.tanh),
-    "erf": _safe(math.erf),
-    "erfc": _safe(math.erfc),
+    "neg": _numpy(np.negative),
+    "+": _numpy(np.add),
+    "-": _numpy(np.subtract),
+    "*": _numpy(np.multiply),
+    "/": _numpy(np.divide),
+    "^": _numpy(np.power),
+    "sqrt": _numpy(np.sqrt),
+    "exp": _numpy(np.exp),
+    "log": _numpy(np.log),
+    "sin": _numpy(np.sin),
+    "cos": _numpy(np.cos),
+    "sec": _numpy(lambda a: 1.0 / np.cos(a)),
+    "csc": _numpy(lambda a: 1.0 / np.sin(a)),
+    "tan": _numpy(np.tan),
+    "cot": _numpy(lambda a: 1.0 / np.tan(a)),
+    "asin": _numpy(np.arcsin),
+    "acos": _numpy(np.arccos),
+    "atan": _numpy(np.arctan),
+    "atan2": _numpy(np.arctan2),
+    "sinh": _numpy(np.sinh),
+    "cosh": _numpy(np.cosh),
+    "tanh": _numpy(np.tanh),
+    "erf": lambda a: math.erf(a),
+    "erfc": lambda a: math.erfc(a),
     "step": lambda a: 1.0 if a >= 0 else 0.0,
     "delta": lambda a: 1.0 if a == 0 else 0.0,
-    "square": lambda a: a * a,
-    "cube": lambda a: a * a * a,
-    "recip": lambda a: _np_div(1.0, a),
+    "square": _numpy(lambda a: a * a),
+    "cube": _numpy(lambda a: a * a * a),
+    "recip": _numpy(lambda a: 1.0 / a),
     "min": lambda a, b: b if b < a else a,
     "max": lambda a, b: b if b > a else a,
     "abs": abs,
-    "floor": _safe(math.floor),
-    "ceil": _safe(math.ceil),
+    "floor": _numpy(np.floor),
+    "ceil": _numpy(np.ceil),
     "select": lambda a, b, c: b if a != 0 else c,
 }
 
@@ -316,23 +295,9 @@ def variables(node: Node) -> set:
     return out
 
 
-def functions(node: Node) -> set:
-    """Names of the functions an expression tree calls."""
-    seen, out, stack = set(), set(), [node]
-    while stack:
-        n = stack.pop()
-        if id(n) in seen:
-            continue
-        seen.add(id(n))
-        if n.op not in ("const", "var", "neg") and n.op not in _OPERATORS:
-            out.add(n.op)
-        stack.extend(n.args)
-    return out
-
-
 def substitute(node: Node, replace) -> Node:
-    """The tree with every node ``n`` for which ``replace(n)`` is not None replaced by it
-    (children first is not needed: a replaced node is not visited further)."""
+    """The tree with every node ``n`` for which ``replace(n)`` is not None replaced by
+    that result (whose own subtree is not visited)."""
     memo: Dict[int, Node] = {}
 
     def visit(n: Node) -> Node:
@@ -502,7 +467,7 @@ def _pointangle(
     a = _vector([x1 - x2, y1 - y2, z1 - z2])
     b = _vector([x3 - x2, y3 - y2, z3 - z2])
     a, b = torch.broadcast_tensors(a, b)
-    return angle_between(a, b)
+    return _angle_between(a, b)
 
 
 def _pointdihedral(
@@ -513,16 +478,16 @@ def _pointdihedral(
     b2 = _vector([x3 - x2, y3 - y2, z3 - z2])
     b3 = _vector([x4 - x3, y4 - y3, z4 - z3])
     b1, b2, b3 = torch.broadcast_tensors(b1, b2, b3)
-    return dihedral_from_bonds(b1, b2, b3)
+    return _dihedral_from_bonds(b1, b2, b3)
 
 
-def angle_between(a: Tensor, b: Tensor) -> Tensor:
+def _angle_between(a: Tensor, b: Tensor) -> Tensor:
     """Angle in [0, pi] between vectors along the last dimension, as
     atan2(|a x b|, a . b), which keeps full precision near 0 and pi (acos does not)."""
     return torch.atan2(torch.linalg.vector_norm(torch.linalg.cross(a, b), dim=-1), (a * b).sum(-1))
 
 
-def dihedral_from_bonds(b1: Tensor, b2: Tensor, b3: Tensor) -> Tensor:
+def _dihedral_from_bonds(b1: Tensor, b2: Tensor, b3: Tensor) -> Tensor:
     """Dihedral angle in [-pi, pi] of the chain with bond vectors b1 = p2-p1, b2 = p3-p2,
     b3 = p4-p3 (IUPAC sign, as OpenMM): atan2(|b2| b1.(b2 x b3), (b1 x b2).(b2 x b3))."""
     n1 = torch.linalg.cross(b1, b2)

@@ -40,13 +40,13 @@ def dihedral(x: torch.Tensor, i: torch.Tensor, j: torch.Tensor, k: torch.Tensor,
 
     With :math:`b_1 = x_j - x_i`, :math:`b_2 = x_k - x_j`, :math:`b_3 = x_l - x_k`,
     :math:`n_1 = b_1 \times b_2`, :math:`n_2 = b_2 \times b_3`:
-    :math:`\phi = \operatorname{atan2}((n_1 \times n_2) \cdot b_2 / |b_2|,\ n_1 \cdot n_2)`.
+    :math:`\phi = \operatorname{atan2}(|b_2|\, b_1 \cdot n_2,\ n_1 \cdot n_2)`
+    (Blondel and Karplus, J. Comput. Chem. 17, 1132 (1996)).
     """
     b1 = displacement(x, i, j)
     b2 = displacement(x, j, k)
     b3 = displacement(x, k, l)
     n1 = torch.linalg.cross(b1, b2, dim=-1)
     n2 = torch.linalg.cross(b2, b3, dim=-1)
-    m = torch.linalg.cross(n1, n2, dim=-1)
-    y = (m * b2).sum(-1) / torch.linalg.vector_norm(b2, dim=-1)
+    y = torch.linalg.vector_norm(b2, dim=-1) * (b1 * n2).sum(-1)
     return torch.atan2(y, (n1 * n2).sum(-1))

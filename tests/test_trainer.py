@@ -1,0 +1,185 @@
+"""The trainer: exact evaluation counts, correct weights for reused samples, exact resume."""
+
+import io
+import math
+
+import pytest
+import torch
+
+from openmm_cmt.cmt import PATHS, BoltzmannTarget, CMTConfig, CMTTrainer, FunctionTarget, ReplayBuffer, annealing_step
+from openmm_cmt.cmt.paths import geometric_exponents, ladder_betas
+from openmm_cmt.energy import EnergyEngine, linlog_cut
+from openmm_cmt.flows import EuclideanFlow
+from openmm_cmt.systems.toy import gmm40
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Small tensors: a second intra-op thread only adds contention on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class GaussianFlow(torch.nn.Module):
+    """x = mean + exp(log_std) z: exact sample/log_prob, for checks with closed forms."""
+
+    def __init__(self, dim, mean=0.0, std=1.0):
+        super().__init__()
+        self.mean = torch.nn.Parameter(torch.full((dim,), float(mean), dtype=torch.float64))
+        self.log_std = torch.nn.Parameter(torch.full((dim,), math.log(std), dtype=torch.float64))
+
+    def sample(self, n):
+        x = self.mean + self.log_std.exp() * torch.randn(n, self.mean.numel(), dtype=torch.float64)
+        return x, self.log_prob(x)
+
+    def log_prob(self, x):
+        z = (x - self.mean) / self.log_std.exp()
+        return (-0.5 * z**2 - self.log_std - 0.5 * math.log(2 * math.pi)).sum(-1)
+
+
+def small_flow(seed=0):
+    return EuclideanFlow(2, n_layers=2, hidden=16, n_bins=8, prior_scale=20.0, tail_bound=60.0, seed=seed)
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_every_path_counts_evaluations_exactly(path):
+    target = gmm40().target()
+    config = CMTConfig(path=path, n_steps=3, samples_per_step=203, buffer_size=400, grad_steps_per_step=7,
+                       batch_size=64, n_geometric=2, n_temperatures=3, t_high_factor=9.0)
+    trainer = CMTTrainer(small_flow(), target, config)
+    history = trainer.run()
+    assert [r["evaluations"] for r in history] == [203, 406, 609]
+    assert target.n_evaluations == trainer.n_evaluations == 609
+    for r in history:
+        assert r["lam"] >= 0 and r["eta"] >= 0 and 0 < r["beta"] <= 1
+        assert r["alpha"] == pytest.approx(r["lam"] / (1 + r["lam"] + r["eta"]))
+        assert math.isfinite(r["loss"]) and 0 < r["ess"] <= 1
+    if path == "trust-region":
+        assert all(r["eta"] == 0 for r in history)
+    if path == "entropy":
+        assert all(r["lam"] == 0 for r in history)
+    if path == "geometric-linear":
+        expected = [geometric_exponents(i, 2) for i in range(3)]
+        assert [r["alpha"] for r in history] == pytest.approx([a for a, _ in expected])
+        assert [r["beta"] for r in history] == pytest.approx([b for _, b in expected])
+    if path == "temperature-ladder":
+        assert [r["beta"] for r in history] == pytest.approx(ladder_betas(9.0, 3))
+        assert all(r["alpha"] == 0 for r in history)
+    if path in ("cmt", "trust-region"):
+        assert history[0]["kl"] == pytest.approx(config.eps_tr, abs=1e-6)  # q_0 is far from p
+    if path != "reverse-kl":
+        assert len(trainer.buffer) == 400
+
+
+def test_reused_samples_are_weighted_towards_the_next_density():
+    """Buffer samples from an older model, weighted by q_{i+1}/q_gen with q_i the current
+    model, reproduce the moments of q_{i+1} = q_i^a p~^b (a product of Gaussians)."""
+    target = FunctionTarget(lambda x: (-0.5 * (x - 3.0) ** 2 / 0.5).sum(-1))  # p ~ N(3, 0.5)
+    flow = GaussianFlow(1, mean=-1.0, std=2.0)  # the old model (proposal)
+    trainer = CMTTrainer(flow, target, CMTConfig(samples_per_step=50_000, buffer_size=100_000, seed=1))
+    with torch.no_grad():
+        x, log_q = flow.sample(50_000)
+        trainer.buffer.push(x, log_q, target.log_prob(x))
+        flow.mean.fill_(1.0)  # the current model q_i = N(1, 1.5^2)
+        flow.log_std.fill_(math.log(1.5))
+    alpha, beta = 0.6, 0.3
+    fresh, fresh_q = flow.sample(1000)
+    step = annealing_step(fresh_q.detach(), target.log_prob(fresh), alpha, beta)
+    w = torch.softmax(trainer.buffer_log_weights(step), 0)
+    x = trainer.buffer.x[:, 0]
+    precision = alpha / 1.5**2 + beta / 0.5
+    mean = (alpha * 1.0 / 1.5**2 + beta * 3.0 / 0.5) / precision
+    assert float((w * x).sum()) == pytest.approx(mean, abs=0.02)
+    assert float((w * (x - mean) ** 2).sum()) == pytest.approx(1 / precision, rel=0.03)
+
+
+class HarmonicEngine(EnergyEngine):
+    """E = k/2 sum |x_i|^2 (kJ/mol), forces -k x: an engine with known derivatives."""
+
+    def __init__(self, n_atoms=3, kT=2.5, k=400.0):
+        super().__init__(n_atoms, kT)
+        self.k = k
+
+    def _energy(self, x, forces):
+        e = 0.5 * self.k * (x.to(torch.float64) ** 2).sum((1, 2))
+        return (e, -self.k * x.to(torch.float64)) if forces else e
+
+
+def test_boltzmann_target_counts_and_differentiates():
+    engine = HarmonicEngine()
+    target = BoltzmannTarget(engine)
+    x = torch.randn(5, 3, 3, dtype=torch.float64, requires_grad=True)
+    log_p = target.log_prob(x)
+    assert target.n_evaluations == 5
+    expected = -0.5 * 400.0 * (x.detach() ** 2).sum((1, 2)) / 2.5
+    assert log_p.detach() == pytest.approx(expected)
+    (grad,) = torch.autograd.grad(log_p.sum(), x)
+    assert grad == pytest.approx(-400.0 / 2.5 * x.detach())
+    # clashes: the linear-log cut keeps huge energies finite and ordered
+    huge = torch.full((2, 3, 3), 1e6, dtype=torch.float64)
+    huge[1] *= 10
+    out = target.log_prob(huge)
+    assert out[0] > out[1] and out[1] >= -linlog_cut(torch.tensor(1e30)).item()
+    assert target.n_evaluations == 7
+    with pytest.raises(ValueError, match="batch, 3, 3"):
+        target.log_prob(torch.zeros(3, 3))
+
+
+def test_replay_buffer_is_fifo_and_round_trips():
+    buf = ReplayBuffer(5)
+    for start in (0, 3, 6):
+        v = torch.arange(start, start + 3, dtype=torch.float64)
+        buf.push(v[:, None], v, -v)
+    assert len(buf) == 5 and buf.log_q.tolist() == [4, 5, 6, 7, 8] and buf.log_p.tolist() == [-4, -5, -6, -7, -8]
+    other = ReplayBuffer(1)
+    other.load_state_dict(buf.state_dict())
+    assert other.capacity == 5 and torch.equal(other.x, buf.x)
+    with pytest.raises(ValueError, match="leading size"):
+        buf.push(torch.zeros(2, 1), torch.zeros(3), torch.zeros(3))
+
+
+def comparable(history):
+    return [{k: v for k, v in r.items() if "wall" not in k} for r in history]
+
+
+@pytest.mark.parametrize("path", ["cmt", "reverse-kl"])
+def test_resume_equals_uninterrupted_run(path):
+    config = CMTConfig(path=path, n_steps=4, samples_per_step=256, buffer_size=600, grad_steps_per_step=5,
+                       batch_size=128, lr_schedule="cosine", optimizer="adamw", weight_decay=1e-4,
+                       drop_top_energy_fraction=0.1, seed=3)
+    straight = CMTTrainer(small_flow(), gmm40().target(), config)
+    straight.run()
+
+    first = CMTTrainer(small_flow(), gmm40().target(), config)
+    first.run(n_steps=2)
+    blob = io.BytesIO()
+    torch.save(first.state_dict(), blob)
+    blob.seek(0)
+    state = torch.load(blob, weights_only=True)
+    torch.manual_seed(12345)  # whatever happens in between must not matter
+    resumed = CMTTrainer(small_flow(seed=7), gmm40().target(), config)
+    resumed.load_state_dict(state)
+    resumed.run()
+
+    for (name, a), (_, b) in zip(straight.flow.state_dict().items(), resumed.flow.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert comparable(straight.history) == comparable(resumed.history)
+    assert resumed.n_evaluations == straight.n_evaluations == 4 * 256
+    if path == "cmt":
+        assert torch.equal(straight.buffer.x, resumed.buffer.x)
+        assert len(straight.buffer) == 600  # 0.1 of each step's samples kept out
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="path"):
+        CMTConfig(path="annealed-importance")
+    with pytest.raises(ValueError, match="samples_per_step"):
+        CMTConfig(samples_per_step=0)
+    with pytest.raises(ValueError, match="optimizer"):
+        CMTConfig(optimizer="sgd")
+    with pytest.raises(ValueError, match="drop_top_energy_fraction"):
+        CMTConfig(drop_top_energy_fraction=1.0)
+    with pytest.raises(ValueError, match="target"):
+        CMTTrainer(small_flow(), object(), CMTConfig())
