@@ -61,9 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    from openmm_cmt.checkpoint import CheckpointError
+
     try:
         return int(args._run(args) or 0)
-    except (KeyError, ValueError, FileNotFoundError) as err:
+    except (KeyError, ValueError, FileNotFoundError, CheckpointError) as err:
         # User errors: one clear line, no traceback.
         msg = err.args[0] if isinstance(err, KeyError) and err.args else err
         print(f"openmm-cmt {args.command}: error: {msg}", file=sys.stderr)

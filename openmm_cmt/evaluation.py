@@ -36,6 +36,20 @@ def block_mean(values: np.ndarray, n_blocks: int = 20) -> tuple[float, float]:
     return float(values.mean()), float(blocks.std(ddof=1) / np.sqrt(n_blocks))
 
 
+def resolve_reference(reference: str | None, system_name: str) -> str | None:
+    """``"auto"``: the reference shipped for ``system_name`` (or None); ``"none"``/None:
+    no reference; anything else: a path that must exist."""
+    if reference is None or reference == "none":
+        return None
+    if reference == "auto":
+        from openmm_cmt.reference.bundled import bundled_reference
+
+        return bundled_reference(system_name)
+    if not os.path.isfile(reference):
+        raise FileNotFoundError(f"reference file not found: {reference}")
+    return reference
+
+
 def _phi_psi_or_none(x, topology):
     try:
         angles = metrics.phi_psi(x, topology)
@@ -44,17 +58,19 @@ def _phi_psi_or_none(x, topology):
     return angles if angles.ndim == 2 else None
 
 
-def evaluate(sampler, out_dir, n_samples: int = 100_000, reference: str | None = None, bins: int = 100, plots: bool = True) -> dict:
+def evaluate(sampler, out_dir, n_samples: int = 100_000, reference: str | None = "auto", bins: int = 100, plots: bool = True) -> dict:
     """Metrics of ``sampler``'s generator, written to ``out_dir``; returns them.
 
     Args:
         n_samples: generator samples (each costs one exact float64 target evaluation,
             counted separately from training in ``evaluation_target_evaluations``).
         reference: an ``.npz`` from ``openmm-cmt reference`` for forward metrics
-            (forward ESS, EUBO, NLL, Ramachandran TV/KL, phi > 0 and mean energy).
+            (forward ESS, EUBO, NLL, Ramachandran TV/KL, phi > 0 and mean energy);
+            ``"auto"`` takes the reference shipped for the system, if any.
     """
     t0 = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
+    reference = resolve_reference(reference, sampler.molsys.name)
     molsys = sampler.molsys
     kT = molsys.kT
     samples = sampler.sample(n_samples)
@@ -95,7 +111,14 @@ def evaluate(sampler, out_dir, n_samples: int = 100_000, reference: str | None =
         m["forward_ess"] = metrics.forward_ess(log_p_ref[ok] - log_q_ref[ok]) if ok.all() else 0.0
         m["eubo"] = metrics.eubo(log_p_ref[ok], log_q_ref[ok])
         m["nll"] = metrics.nll(log_q_ref[ok])
-        m["reference_mean_energy"], m["reference_mean_energy_stderr"] = block_mean(e_ref)
+        m["reference"] = os.path.abspath(reference)
+        diagnostics = ref.get("diagnostics") if isinstance(ref.get("diagnostics"), dict) else {}
+        if "mean_energy_sem" in diagnostics:
+            # Replica exchange knows better: the spread between independent ladders.
+            m["reference_mean_energy"], m["reference_mean_energy_stderr"] = (
+                float(diagnostics["mean_energy"]), float(diagnostics["mean_energy_sem"]))
+        else:
+            m["reference_mean_energy"], m["reference_mean_energy_stderr"] = block_mean(e_ref)
         ref_angles = ref.get("phi_psi")
         if ref_angles is None:
             ref_angles = _phi_psi_or_none(ref["frames"], molsys.topology)
@@ -107,9 +130,12 @@ def evaluate(sampler, out_dir, n_samples: int = 100_000, reference: str | None =
             m["ramachandran_n_reference"] = int(len(ref_angles))
             m["ramachandran_n_generator"] = int(finite.sum())
             m["ramachandran_generator_ess"] = float(metrics.reverse_ess(log_w[finite]) * finite.sum())
-            m["reference_phi_positive_fraction"], m["reference_phi_positive_fraction_stderr"] = block_mean(
-                (ref_angles[:, 0] > 0).astype(float)
-            )
+            if "phi_positive_fraction_sem" in diagnostics:
+                m["reference_phi_positive_fraction"] = float(diagnostics["phi_positive_fraction"])
+                m["reference_phi_positive_fraction_stderr"] = float(diagnostics["phi_positive_fraction_sem"])
+            else:
+                m["reference_phi_positive_fraction"], m["reference_phi_positive_fraction_stderr"] = block_mean(
+                    (ref_angles[:, 0] > 0).astype(float))
     m["evaluation_target_evaluations"] = int(n_samples)
     m["evaluation_wall_s"] = time.perf_counter() - t0
 

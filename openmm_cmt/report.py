@@ -34,11 +34,14 @@ def _save(fig, path):
 
 
 def ramachandran_plot(path, phi_psi, log_weights=None, reference=None, bins=100):
-    """Reweighted Ramachandran histogram of generator samples, beside the reference."""
+    """Ramachandran free energy (-log density) of generator samples as drawn, reweighted
+    to the Boltzmann distribution, and of the reference."""
     plt = _pyplot()
     if plt is None:
         return False
-    panels = [("generator, reweighted", phi_psi, log_weights)]
+    panels = [("generator", phi_psi, None)]
+    if log_weights is not None:
+        panels.append(("generator, reweighted", phi_psi, log_weights))
     if reference is not None:
         panels.append(("reference", reference, None))
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)

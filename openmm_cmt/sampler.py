@@ -128,10 +128,11 @@ class BoltzmannGeneratorSampler:
         dtype = dtype or self.config.energy_dtype
         attr = "_energy" if dtype == self.config.energy_dtype else "_eval_energy"
         if getattr(self, attr) is None:
-            kwargs = {}
-            if self.config.energy != "openmm":
-                kwargs = dict(device=self.device, dtype=getattr(torch, dtype))
-            setattr(self, attr, create_energy(self.molsys, engine=self.config.energy, **kwargs))
+            engine = create_energy(
+                self.molsys, engine=self.config.energy, device=self.device, dtype=getattr(torch, dtype),
+                compile=self.config.energy_compile,
+            )
+            setattr(self, attr, engine)
         return getattr(self, attr)
 
     def _target(self):
@@ -314,6 +315,7 @@ class _Progress:
         line = (
             f"[{'#' * filled}{'.' * (width - filled)}] step {done}/{self.total} "
             f"evals {record.get('evaluations', 0):.3g} ESS(step) {record.get('ess', float('nan')):.3f} "
+            f"ESS(flow) {record.get('reverse_ess', float('nan')):.2g} "
             f"beta {record.get('beta', float('nan')):.3f} elapsed {elapsed:.0f}s left {left:.0f}s"
         )
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)

@@ -14,13 +14,6 @@ from openmm_cmt.metrics import log_z_estimate
 from openmm_cmt.systems.toy import ManyWell, gmm40, modes_covered
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: a second intra-op thread only adds contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_gmm40_density_and_samples_are_exact():

@@ -27,14 +27,6 @@ from openmm_cmt.flows.splines import (
 K = 8
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small batches run fastest on one thread; two threads on a shared, loaded 2-core
-    machine are up to 10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _params(n, n_slopes, scale=1.5, seed=0, dtype=torch.float64):

@@ -17,14 +17,6 @@ from openmm_cmt.systems.molecular_system import MOLAR_GAS_CONSTANT
 SMALL = dict(n_layers=4, hidden=32, depth=1)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Small batches run fastest on one thread; two threads on a shared, loaded 2-core
-    machine are up to 10x slower."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _randomise(generator, std, seed=0):

@@ -471,7 +471,22 @@ def test_engine_falls_back_to_eager_when_compilation_fails():
     x = torch.tensor(molsys.positions[None])
     with pytest.warns(RuntimeWarning, match="torch.compile failed"):
         e = engine.energy(x)
-    assert not engine.compiled
+    assert not engine.compiled and engine.compiled_forces
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         torch.testing.assert_close(engine.energy(x), e)
+
+
+def test_engine_rejects_a_miscompiled_module():
+    """A compiled module whose results differ from the eager one is not used."""
+    molsys, engine = _engine()
+
+    def wrong(x):
+        return engine.module(x) * (1 + 1e-3)
+
+    engine._compiled = wrong
+    x = torch.tensor(molsys.positions[None].repeat(3, axis=0))
+    with pytest.warns(RuntimeWarning, match="differ from the eager"):
+        e, f = engine.energy(x, forces=True)
+    assert engine.compiled and not engine.compiled_forces
+    torch.testing.assert_close(e, engine.module(x))

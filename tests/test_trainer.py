@@ -13,13 +13,6 @@ from openmm_cmt.flows import EuclideanFlow
 from openmm_cmt.systems.toy import gmm40
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: a second intra-op thread only adds contention on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class GaussianFlow(torch.nn.Module):

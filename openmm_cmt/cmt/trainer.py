@@ -42,6 +42,7 @@ import torch
 from openmm_cmt.cmt.buffer import ReplayBuffer
 from openmm_cmt.cmt.dual import DualSolution, annealing_step
 from openmm_cmt.cmt.paths import check_path, path_step
+from openmm_cmt.metrics.ess import reverse_ess
 
 
 @dataclasses.dataclass
@@ -193,6 +194,7 @@ class CMTTrainer:
         record["dual_iterations"] = record.pop("iterations")
         record["dual_converged"] = record.pop("converged")
         record.update(
+            reverse_ess=self._reverse_ess,
             evaluations=self.n_evaluations,
             loss=float(np.mean(losses)) if losses else float("nan"),
             lr=self.optimizer.param_groups[0]["lr"],
@@ -211,6 +213,8 @@ class CMTTrainer:
         log_q_gen = log_q_gen.detach().to(torch.float64)
         if not torch.isfinite(log_q_gen).all():
             raise ValueError("the flow returned non-finite log densities for its own samples")
+        # How far the current flow is from the target itself, on samples already paid for.
+        self._reverse_ess = reverse_ess(log_p - log_q_gen)
         solution = path_step(
             c.path, log_q_gen, log_p, self.step_index, eps_tr=c.eps_tr, eps_ent=c.eps_ent,
             n_geometric=c.n_geometric or c.n_steps, t_high_factor=c.t_high_factor,
@@ -251,6 +255,7 @@ class CMTTrainer:
             if solution is None:
                 # Diagnostics of the model at the start of the step, on samples already paid for.
                 solution = annealing_step(log_q.detach(), log_p.detach(), 0.0, 1.0)
+                self._reverse_ess = solution.ess
             losses.append(self._optimise((log_q - log_p).mean()))
         return solution, losses
 

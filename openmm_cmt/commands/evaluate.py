@@ -7,7 +7,8 @@ import os
 
 def add_arguments(p) -> None:
     p.add_argument("run", metavar="RUN", help="run folder written by openmm-cmt train")
-    p.add_argument("--reference", default=None, help=".npz from openmm-cmt reference")
+    p.add_argument("--reference", default="auto",
+                   help=".npz from openmm-cmt reference; auto: the one shipped for the system, if any; none: skip")
     p.add_argument("--n-samples", type=int, default=None, help="generator samples (default: the run's eval_samples)")
     p.add_argument("--bins", type=int, default=100, help="Ramachandran histogram bins per axis")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])

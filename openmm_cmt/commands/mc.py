@@ -19,7 +19,8 @@ import numpy as np
 def add_arguments(p) -> None:
     p.add_argument("run", metavar="RUN", help="run folder written by openmm-cmt train")
     p.add_argument("--n-cycles", type=int, default=100, help="MD + proposal cycles (default 100)")
-    p.add_argument("--md-steps", type=int, default=1000, help="Langevin steps per cycle (default 1000; 0: proposals only)")
+    p.add_argument("--md-steps", type=int, default=1000,
+                   help="Langevin steps per cycle (default 1000; 0: proposals only)")
     p.add_argument("--n-chains", type=int, default=1, help="independent chains in one Context (default 1)")
     p.add_argument("--timestep", type=float, default=0.001, help="ps (default 0.001)")
     p.add_argument("--collision-rate", type=float, default=1.0, help="1/ps (default 1)")
@@ -35,17 +36,9 @@ def add_arguments(p) -> None:
 def _energy_engine(molsys, kind: str, device: str, compile_: bool):
     import torch
 
-    from openmm_cmt.energy.openmm_energy import OpenMMEnergy
+    from openmm_cmt.energy import create_energy
 
-    if kind in ("auto", "torch"):
-        from openmm_cmt.energy.torch_energy import TorchEnergyEngine, UnsupportedSystemError
-
-        try:
-            return TorchEnergyEngine(molsys, device=device, dtype=torch.float64, compile="auto" if compile_ else False)
-        except UnsupportedSystemError:
-            if kind == "torch":
-                raise
-    return OpenMMEnergy(molsys)
+    return create_energy(molsys, engine=kind, device=device, dtype=torch.float64, compile="auto" if compile_ else False)
 
 
 def run(args) -> int:

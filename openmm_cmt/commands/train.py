@@ -18,11 +18,13 @@ def add_arguments(p) -> None:
     p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
     p.add_argument("--steps", type=int, default=None, help="annealing steps (default: the preset's)")
     p.add_argument("--seed", type=int, default=None, help="seed of the flow and the trainer")
-    p.add_argument("--reference", default=None, help="reference .npz for the final evaluation")
+    p.add_argument("--reference", default="auto",
+                   help=".npz from openmm-cmt reference; auto: the one shipped for the system, if any; none: skip")
     p.add_argument("--eval-samples", type=int, default=None, help="samples for the final metrics")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a preset value, e.g. cmt.eps_tr=0.3 or generator.hidden=128 (repeatable)")
     p.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
+    p.add_argument("--no-evaluate", action="store_true", help="skip the final evaluation (run openmm-cmt evaluate)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
@@ -71,9 +73,12 @@ def run(args) -> int:
         callbacks.append(lambda _sampler, _record: time.perf_counter() > deadline)
     sampler.train(n_steps=args.steps, checkpoint_dir=out, progress=not args.quiet, callbacks=callbacks)
     print(f"training: {sampler.n_evaluations:.3g} target evaluations, {sampler.trainer.wall_s:.0f} s")
-    m = evaluate(sampler, out, n_samples=sampler.config.eval_samples, reference=args.reference)
-    _print_metrics(m)
-    print(f"report: {os.path.join(out, 'report.html')}")
+    if args.no_evaluate:
+        print(f"run saved in {out}; evaluate with: openmm-cmt evaluate {out}")
+    else:
+        m = evaluate(sampler, out, n_samples=sampler.config.eval_samples, reference=args.reference)
+        _print_metrics(m)
+        print(f"report: {os.path.join(out, 'report.html')}")
     sampler.close()
     return 0
 

@@ -193,6 +193,12 @@ def _backbone_path(graph: MoleculeGraph, neighbours) -> list[int]:
         path = _longest_path(np.flatnonzero(heavy), neighbours)
     if len(path) < 3:  # fewer than three heavy atoms in a row (water, methanol)
         path = _longest_path(np.arange(graph.n_atoms), neighbours)
+    if len(path) < 3:
+        # The double sweep can stop short on small rings (a triangle gives two atoms);
+        # any atom with two neighbours makes a three-atom path.
+        centre = next(a for a in range(graph.n_atoms) if len(neighbours[a]) >= 2)
+        first, last = sorted(neighbours[centre])[:2]
+        path = [first, centre, last]
     return path
 
 

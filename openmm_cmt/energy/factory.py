@@ -7,15 +7,18 @@ import torch
 from openmm_cmt.energy.base import EnergyEngine
 
 
-def create_energy(molsys, engine: str = "auto", device=None, dtype=torch.float64, **kwargs) -> EnergyEngine:
+def create_energy(
+    molsys, engine: str = "auto", device=None, dtype=torch.float64, compile="auto", **openmm_kwargs
+) -> EnergyEngine:
     """An energy engine for ``molsys`` (a MolecularSystem).
 
     Args:
         engine: ``"torch"`` (batched TorchEnergy), ``"openmm"`` (exact OpenMMEnergy pool)
             or ``"auto"``: TorchEnergy when every force of the System is supported,
             otherwise OpenMMEnergy.
-        device, dtype: for the torch engine.
-        kwargs: passed to the engine's constructor.
+        device, dtype, compile: for the torch engine (``compile``: torch.compile the
+            module; ``"auto"``: on CUDA, and on CPU when a C++ compiler is present).
+        openmm_kwargs: passed to ``OpenMMEnergy`` when it is chosen (platform, n_workers, ...).
     """
     if engine not in ("auto", "torch", "openmm"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'openmm', got {engine!r}")
@@ -23,10 +26,18 @@ def create_energy(molsys, engine: str = "auto", device=None, dtype=torch.float64
         from openmm_cmt.energy.torch_energy import TorchEnergyEngine, UnsupportedSystemError
 
         try:
-            return TorchEnergyEngine(molsys, device=device, dtype=dtype, **kwargs)
+            return TorchEnergyEngine(molsys, device=device, dtype=dtype, compile=compile)
         except UnsupportedSystemError:
             if engine == "torch":
                 raise
+        from openmm_cmt.systems.ml import MLEnergy, python_forces
+
+        if python_forces(molsys.system):
+            # Machine-learned potentials: a batched model beats one call per conformation.
+            try:
+                return MLEnergy(molsys, device=device)
+            except UnsupportedSystemError:
+                pass
     from openmm_cmt.energy.openmm_energy import OpenMMEnergy
 
-    return OpenMMEnergy(molsys, **kwargs)
+    return OpenMMEnergy(molsys, **openmm_kwargs)

@@ -118,6 +118,8 @@ class OpenMMEnergy(EnergyEngine):
         self._closed = False
         self._lock = threading.Lock()  # one batch at a time: the workers' blocks are shared
 
+        # ML Systems carry their pickled model in the XML; their recipe is far smaller.
+        system_factory = system_factory if system_factory is not None else getattr(molsys, "system_factory", None)
         system_spec = self._system_spec(system_factory) if n_workers != 0 else None
         if system_spec is None and n_workers != 0:
             n_workers = 0

@@ -54,7 +54,15 @@ class GeneratorEnergy(torch.nn.Module):
     atom_names: List[str]
     metadata_json: str
 
-    def __init__(self, generator: torch.nn.Module, kT: float, temperature: float, elements: List[str], atom_names: List[str], metadata_json: str):
+    def __init__(
+        self,
+        generator: torch.nn.Module,
+        kT: float,
+        temperature: float,
+        elements: List[str],
+        atom_names: List[str],
+        metadata_json: str,
+    ):
         super().__init__()
         self.generator = generator
         self.n_atoms = int(generator.n_atoms)

@@ -24,6 +24,7 @@ from openmm_cmt.mcmc.proposals import (
     check_flexible,
     log_acceptance,
     maxwell_boltzmann,
+    split_seed,
 )
 from openmm_cmt.reference.replicated_context import ReplicatedContext
 
@@ -52,6 +53,8 @@ class ManyChainHybridMC:
             ``log_acceptance``, ``uniform`` (the draws compared with the acceptance
             probability), ``accepted``, ``x_old``, ``x_new`` (all per chain).
         md_seconds, proposal_seconds: wall time spent in each part.
+        replicas: the ``ReplicatedContext``; move the chains through ``run`` and
+            ``propose`` only (they keep track of which states MD has changed).
     """
 
     def __init__(
@@ -80,8 +83,8 @@ class ManyChainHybridMC:
         self.md_steps = int(md_steps)
         self.kT = molsys.kT
         self.masses = molsys.masses
-        seeds = np.random.SeedSequence(seed).spawn(3) if seed is not None else [None] * 3
-        self.proposal = GeneratorProposal(generator, self.n_chains, None if seed is None else seeds[0], molsys.system, molsys.topology)
+        seeds = split_seed(seed, 3)
+        self.proposal = GeneratorProposal(generator, self.n_chains, seeds[0], molsys.system, molsys.topology)
         self.rng = np.random.default_rng(seeds[1])
         integrator = openmm.LangevinMiddleIntegrator(
             molsys.temperature * unit.kelvin, collision_rate / unit.picosecond, timestep * unit.picoseconds
@@ -92,8 +95,9 @@ class ManyChainHybridMC:
         n = molsys.n_atoms
         if start.shape not in ((n, 3), (self.n_chains, n, 3)):
             raise ValueError(f"positions must have shape ({n}, 3) or ({self.n_chains}, {n}, 3), got {start.shape}")
+        first = start if start.ndim == 2 else start[0]
         self.replicas = ReplicatedContext(
-            molsys.system, start if start.ndim == 2 else start[0], self.n_chains, integrator, platform, spacing, cutoff, properties
+            molsys.system, first, self.n_chains, integrator, platform, spacing, cutoff, properties
         )
         if start.ndim == 3:
             self.replicas.set_positions(start)

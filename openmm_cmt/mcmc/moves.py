@@ -31,6 +31,7 @@ from openmm_cmt.mcmc.proposals import (
     generator_archive,
     log_acceptance,
     maxwell_boltzmann,
+    split_seed,
     system_masses,
 )
 
@@ -52,13 +53,14 @@ class BoltzmannGeneratorMove(MCMCMove):
 
     def __init__(self, generator, batch_size: int = 256, seed: int | None = None, redraw_velocities: bool = True):
         super().__init__()
-        self.proposal = GeneratorProposal(generator, batch_size, seed)
-        self.rng = np.random.default_rng(None if seed is None else np.random.SeedSequence(seed).spawn(1)[0])
+        proposal_seed, own_seed = split_seed(seed, 2)
+        self.proposal = GeneratorProposal(generator, batch_size, proposal_seed)
+        self.rng = np.random.default_rng(own_seed)
         self.redraw_velocities = bool(redraw_velocities)
         self.n_proposed = 0
         self.n_accepted = 0
         self.last: dict = {}
-        self._checked_system = None
+        self._checked_context = None
 
     @property
     def statistics(self) -> dict:
@@ -78,16 +80,14 @@ class BoltzmannGeneratorMove(MCMCMove):
         """One proposal; ``sampler_state`` gets the new positions (and velocities) when
         it is accepted and is left unchanged otherwise."""
         context, _ = self._get_context_cache(context_cache).get_context(thermodynamic_state)
-        system = context.getSystem()
-        if self._checked_system is not system:
+        if self._checked_context is not context:
+            system = context.getSystem()
             check_flexible(system)
-            if self.proposal.generator.n_atoms != system.getNumParticles():
-                raise ValueError(
-                    f"the generator has {self.proposal.generator.n_atoms} atoms, the System has "
-                    f"{system.getNumParticles()} particles"
-                )
+            n_atoms = getattr(self.proposal.generator, "n_atoms", system.getNumParticles())
+            if n_atoms != system.getNumParticles():
+                raise ValueError(f"the generator has {n_atoms} atoms, the System has {system.getNumParticles()} particles")
             self._masses = system_masses(system)
-            self._checked_system = system
+            self._checked_context = context
         masses = self._masses
         sampler_state.apply_to_context(context, ignore_velocities=True)
         u_old = thermodynamic_state.reduced_potential(context)

@@ -36,6 +36,15 @@ from openmm import unit
 from openmm_cmt.systems.molecular_system import MOLAR_GAS_CONSTANT
 
 
+def split_seed(seed, n: int) -> list:
+    """``n`` independent ``SeedSequence`` children of ``seed`` (an int or a SeedSequence),
+    or ``n`` Nones for ``seed=None`` (fresh entropy)."""
+    if seed is None:
+        return [None] * n
+    sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
+    return sequence.spawn(n)
+
+
 def kT_of(temperature: float) -> float:
     """Thermal energy in kJ/mol of a temperature in K."""
     if unit.is_quantity(temperature):
@@ -126,7 +135,7 @@ def maxwell_boltzmann(masses: np.ndarray, kT: float, rng: np.random.Generator, n
 
 
 def log_acceptance(u_old, u_new, log_q_old, log_q_new) -> np.ndarray:
-    """:math:`\\log[e^{-u(x')} q(x) / (e^{-u(x)} q(x'))]`, with NaN (undefined ratios,
+    r""":math:`\log[e^{-u(x')} q(x) / (e^{-u(x)} q(x'))]`, with NaN (undefined ratios,
     e.g. a non-finite energy) mapped to -inf: such proposals are rejected."""
     with np.errstate(invalid="ignore"):
         log_a = -(np.asarray(u_new, float) - np.asarray(u_old, float)) + (
@@ -141,9 +150,9 @@ class GeneratorProposal:
     Args:
         generator: see :func:`as_generator`.
         batch_size: proposals drawn per ``generator.sample`` call.
-        seed: seeds the rotations (numpy) and the generator's draws (a private torch RNG
-            stream, so the global torch RNG is untouched). None uses fresh entropy for the
-            rotations and torch's global RNG for the draws.
+        seed: an int or ``numpy.random.SeedSequence``; seeds the rotations (numpy) and the
+            generator's draws (a private torch RNG stream: the global one is untouched).
+            None uses fresh entropy for the rotations and torch's global RNG for the draws.
         system, topology: checked against the generator when given.
     """
 
@@ -155,11 +164,12 @@ class GeneratorProposal:
         self.dtype = parameter.dtype if parameter is not None else torch.float64
         self.device = parameter.device if parameter is not None else torch.device("cpu")
         self.batch_size = int(batch_size)
-        self.rng = np.random.default_rng(seed)
         self._torch_state = None
-        if seed is not None:
+        rotations, draws = split_seed(seed, 2)
+        self.rng = np.random.default_rng(rotations)
+        if draws is not None:
             with torch.random.fork_rng(devices=self._cuda_devices()):
-                torch.manual_seed(int(np.random.SeedSequence(seed).generate_state(1)[0]))
+                torch.manual_seed(int(draws.generate_state(1)[0]))
                 self._torch_state = self._get_rng_state()
         self._x = np.zeros((0, 0, 3))
         self._log_q = np.zeros(0)

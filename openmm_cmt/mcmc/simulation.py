@@ -30,6 +30,7 @@ from openmm_cmt.mcmc.proposals import (
     kT_of,
     log_acceptance,
     maxwell_boltzmann,
+    split_seed,
     system_masses,
 )
 
@@ -74,12 +75,13 @@ class HybridMC:
             if getter is None:
                 raise ValueError("the Simulation's integrator has no temperature; pass temperature= in K")
             temperature = getter()
+        self.kT = kT_of(temperature)
         self.temperature = temperature.value_in_unit(unit.kelvin) if unit.is_quantity(temperature) else float(temperature)
-        self.kT = kT_of(self.temperature)
         self.md_steps = int(md_steps)
         self.masses = system_masses(system)
-        self.proposal = GeneratorProposal(generator, batch_size, seed, system, getattr(simulation, "topology", None))
-        self.rng = np.random.default_rng(None if seed is None else np.random.SeedSequence(seed).spawn(1)[0])
+        proposal_seed, own_seed = split_seed(seed, 2)
+        self.proposal = GeneratorProposal(generator, batch_size, proposal_seed, system, getattr(simulation, "topology", None))
+        self.rng = np.random.default_rng(own_seed)
         self.redraw_velocities = bool(redraw_velocities)
         self.n_proposed = 0
         self.n_accepted = 0
@@ -92,7 +94,10 @@ class HybridMC:
 
     @property
     def statistics(self) -> dict:
-        return {"n_proposed": self.n_proposed, "n_accepted": self.n_accepted, "acceptance_rate": self.acceptance_rate}
+        return {
+            "n_proposed": self.n_proposed, "n_accepted": self.n_accepted, "acceptance_rate": self.acceptance_rate,
+            "proposal_seconds": self.proposal_seconds,
+        }  # fmt: skip
 
     def _reduced_energy(self, x: np.ndarray) -> float:
         self.context.setPositions(x)
@@ -115,8 +120,10 @@ class HybridMC:
             log_q_new = self.proposal.log_prob(x_new[None])[0]
         u_old = self._reduced_energy(x)
         u_new = self._reduced_energy(x_new)
-        log_a = float(log_acceptance(u_old, u_new, log_q_old, log_q_new))
-        return {"u_old": u_old, "u_new": u_new, "log_q_old": float(log_q_old), "log_q_new": float(log_q_new), "log_acceptance": log_a}
+        return {
+            "u_old": u_old, "u_new": u_new, "log_q_old": float(log_q_old), "log_q_new": float(log_q_new),
+            "log_acceptance": float(log_acceptance(u_old, u_new, log_q_old, log_q_new)),
+        }  # fmt: skip
 
     def propose(self) -> bool:
         """One generator proposal on the Simulation's current state; True if accepted.

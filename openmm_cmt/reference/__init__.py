@@ -1,5 +1,6 @@
 """Reference samples by replica exchange: many ladders of copies in one OpenMM Context."""
 
+from openmm_cmt.reference.bundled import bundled_reference
 from openmm_cmt.reference.integrator import (
     copy_velocities,
     kinetic_temperatures,
@@ -15,6 +16,7 @@ __all__ = [
     "ReferenceSamples",
     "ReplicaExchange",
     "ReplicatedContext",
+    "bundled_reference",
     "copy_velocities",
     "geometric_temperatures",
     "grid_offsets",

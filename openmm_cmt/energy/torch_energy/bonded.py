@@ -124,8 +124,8 @@ class CMAPTorsion(nn.Module):
         a = torch.remainder(self.dihedrals_a.phi(x), two_pi) / delta
         b = torch.remainder(self.dihedrals_b.phi(x), two_pi) / delta
         top = self.size - 1
-        p = torch.minimum(a.detach().floor().to(torch.int64), top)
-        q = torch.minimum(b.detach().floor().to(torch.int64), top)
+        p = torch.minimum(a.floor().to(torch.int64), top)
+        q = torch.minimum(b.floor().to(torch.int64), top)
         c = self.coefficients[self.patch_offset + p * self.size + q]  # [B, M, 4, 4]
         u = a - p.to(a.dtype)
         v = b - q.to(b.dtype)

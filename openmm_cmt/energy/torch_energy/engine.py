@@ -14,6 +14,13 @@ from openmm_cmt.energy.torch_energy.module import TorchEnergy
 CPU_MEMORY_BUDGET = 1 << 30
 #: Default fraction of free GPU memory one chunk may use.
 CUDA_MEMORY_FRACTION = 0.5
+#: Conformations on which the first compiled call of each kind (energies; energies and
+#: forces) is checked against the eager module.
+_CHECK_SIZE = 8
+#: Relative agreement required of that check: fusion changes rounding, a miscompiled
+#: graph (seen: inductor on CPU, torch 2.9, dropped the gradient of a torsion force with
+#: a single torsion) is wrong at order 1.
+_CHECK_RTOL = {torch.float64: 1e-7, torch.float32: 1e-3}
 #: Live intermediates of the size of a term's largest one, per element of work, with
 #: the autograd graph kept (eager mode; fusion under torch.compile needs less).
 _LIVE_COPIES = 6
@@ -32,8 +39,10 @@ class TorchEnergyEngine(EnergyEngine):
         dtype: compute dtype, ``torch.float32`` or ``torch.float64``. Energies are
             accumulated and returned in float64 either way.
         compile: ``True``, ``False`` or ``"auto"`` (``torch.compile`` on CUDA, and on
-            CPU when a C++ compiler is found). If compilation fails the engine warns
-            and falls back to the eager module.
+            CPU when a C++ compiler is found). The first compiled call of each kind
+            (energies; energies with forces) is checked against the eager module on a
+            few conformations; if compilation fails or disagrees, the engine warns and
+            uses the eager module for that kind of call.
         memory_budget_bytes: bytes one chunk may use; default 1 GiB on CPU and half of
             the free memory on CUDA. Batches are split into chunks of
             ``chunk_size = budget // bytes_per_conformation`` conformations.
@@ -53,6 +62,8 @@ class TorchEnergyEngine(EnergyEngine):
         if compile == "auto":
             compile = self.device.type == "cuda" or _compiler_available()
         self._compiled = torch.compile(self.module, dynamic=True) if compile else None
+        self._checked = set()  # kinds of call (forces: True/False) whose compiled result was checked
+        self._eager_only = set()  # kinds of call for which compilation failed
         if memory_budget_bytes is None:
             if self.device.type == "cuda":
                 free, _ = torch.cuda.mem_get_info(self.device)
@@ -66,8 +77,13 @@ class TorchEnergyEngine(EnergyEngine):
 
     @property
     def compiled(self) -> bool:
-        """Whether calls go through ``torch.compile``."""
-        return self._compiled is not None
+        """Whether energy-only calls go through ``torch.compile``."""
+        return self._compiled is not None and False not in self._eager_only
+
+    @property
+    def compiled_forces(self) -> bool:
+        """Whether calls with forces go through ``torch.compile``."""
+        return self._compiled is not None and True not in self._eager_only
 
     def bytes_per_conformation(self) -> int:
         """Estimated peak bytes one conformation needs with forces (the larger case)."""
@@ -86,14 +102,33 @@ class TorchEnergyEngine(EnergyEngine):
 
     def _chunk(self, x: torch.Tensor, forces: bool):
         x = x.to(device=self.device, dtype=self.dtype)
-        if self._compiled is not None:
+        if self._compiled is not None and forces not in self._eager_only:
             try:
-                return self._evaluate(self._compiled, x, forces)
+                out = self._evaluate(self._compiled, x, forces)
+                if forces not in self._checked:
+                    self._check_compiled(x[:_CHECK_SIZE], out, forces)
+                    self._checked.add(forces)
+                return out
             except Exception as err:  # compilation errors surface at the first (backward) call
-                warnings.warn(f"torch.compile failed ({type(err).__name__}: {err}); using the eager module",
-                              RuntimeWarning, stacklevel=4)
-                self._compiled = None
+                kind = "energies and forces" if forces else "energies"
+                warnings.warn(f"torch.compile failed for {kind} ({type(err).__name__}: {err}); using the eager "
+                              "module for them", RuntimeWarning, stacklevel=4)
+                self._eager_only.add(forces)
         return self._evaluate(self.module, x, forces)
+
+    def _check_compiled(self, x: torch.Tensor, out, forces: bool) -> None:
+        """Raise if the compiled module disagrees with the eager one on ``x``."""
+        e_ref, f_ref = self._evaluate(self.module, x, forces)
+        rtol = _CHECK_RTOL[self.dtype]
+        e, f = out[0][: len(x)], None if out[1] is None else out[1][: len(x)]
+        finite = torch.isfinite(e_ref)
+        if not torch.allclose(e[finite], e_ref[finite], rtol=rtol, atol=rtol):
+            raise RuntimeError("compiled energies differ from the eager module's")
+        if forces:
+            err = torch.linalg.vector_norm((f - f_ref)[finite].flatten(1), dim=1)
+            norm = torch.linalg.vector_norm(f_ref[finite].flatten(1), dim=1)
+            if bool((err > rtol * (norm + 1.0)).any()):
+                raise RuntimeError("compiled forces differ from the eager module's")
 
     def _energy(self, x: torch.Tensor, forces: bool):
         out_device = x.device

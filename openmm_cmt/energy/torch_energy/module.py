@@ -136,11 +136,13 @@ class TorchEnergy(nn.Module):
         return {name: term(x).to(torch.float64) for name, term in zip(self.names, self.terms)}
 
     def work_elements(self) -> int:
-        """Elements of the largest intermediate per conformation, summed over terms (a
-        term may state it as ``work_elements``; otherwise n_atoms^2 is assumed)."""
+        """Elements of intermediates per conformation, summed over terms, for memory
+        budgets: a term states it as ``work_elements`` (about the number of its
+        interactions times the elementwise operations on them); terms that do not are
+        assumed to be pairwise with 40 operations per ordered pair."""
         total = 0
         for term in self.terms:
-            total += int(getattr(term, "work_elements", self.n_atoms * self.n_atoms))
+            total += int(getattr(term, "work_elements", 40 * self.n_atoms * self.n_atoms))
         return max(total, 3 * self.n_atoms)
 
 

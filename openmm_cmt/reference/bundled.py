@@ -1,0 +1,21 @@
+"""Reference samples shipped with the package.
+
+``alanine-dipeptide``: 24,300 frames at 300 K from ``openmm-cmt reference`` on one H200
+(300 ladders x 16 temperatures, 300-1200 K, 20 ps equilibration + 202.5 ps, seed 11;
+BENCHMARKS.md). Short of full convergence (3.7 % of replicas made a round trip): the
+phi > 0 fraction 0.31 % +- 0.05 % carries the spread between ladders as its error.
+"""
+
+from __future__ import annotations
+
+import os
+
+_DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data")
+_FILES = {"alanine-dipeptide": "alanine-dipeptide-reference.npz"}
+
+
+def bundled_reference(system_name: str) -> str | None:
+    """Path of the shipped reference ``.npz`` for a registered system, or None."""
+    name = _FILES.get(system_name)
+    path = None if name is None else os.path.join(_DATA, name)
+    return path if path is not None and os.path.isfile(path) else None
