@@ -108,7 +108,10 @@ def evaluate(sampler, out_dir, n_samples: int = 100_000, reference: str | None =
         ok = np.isfinite(log_q_ref)
         m["reference_frames"] = int(len(x_ref))
         m["reference_outside_support"] = int((~ok).sum())
-        m["forward_ess"] = metrics.forward_ess(log_p_ref[ok] - log_q_ref[ok]) if ok.all() else 0.0
+        # Frames outside the generator's support (q = 0) make the forward ESS zero; report
+        # their count, and the ESS over the rest.
+        m["forward_ess"] = metrics.forward_ess(log_p_ref[ok] - log_q_ref[ok]) if ok.any() else 0.0
+        m["forward_ess_includes_outside_support"] = bool(ok.all())
         m["eubo"] = metrics.eubo(log_p_ref[ok], log_q_ref[ok])
         m["nll"] = metrics.nll(log_q_ref[ok])
         m["reference"] = os.path.abspath(reference)

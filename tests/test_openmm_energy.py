@@ -175,11 +175,10 @@ def test_nonfinite_positions_give_inf_and_are_counted(pool, conformations, refer
 def test_nan_energy_from_openmm_gives_inf(pool, conformations):
     x = conformations[:3].copy()
     x[1, 0] = x[1, 1]  # two atoms on top of each other: OpenMM returns NaN
-    x[2, 0, 0] = 1e30
     before = pool.n_nonfinite
     e = pool.energy(x)
-    assert np.isfinite(e[0]) and e[1] == np.inf and e[2] == np.inf
-    assert pool.n_nonfinite - before == 2
+    assert np.isfinite(e[0]) and e[1] == np.inf and np.isfinite(e[2])
+    assert pool.n_nonfinite - before == 1
 
 
 def test_openmm_exception_for_one_conformation_gives_inf(aldp, conformations):
