@@ -1,7 +1,8 @@
 """Training presets: one named bundle of generator, CMT and engine settings each.
 
-- ``laptop``: a 2-core CPU, about 15 minutes on alanine dipeptide (``make demo``).
-- ``gpu``: one H100/H200, 5.2M target evaluations. Only an earlier, larger-flow
+- ``laptop``: a 2-core CPU, about 13 minutes of training on alanine dipeptide (``make demo``;
+  reverse ESS 61 %, BENCHMARKS.md).
+- ``gpu``: one H100/H200, 7.9M target evaluations. Only an earlier, larger-flow
   version ran on a GPU (BENCHMARKS.md); these settings scale the laptop ones and are
   untested on a GPU.
 - ``paper``: the CMT paper's budget (1e8 evaluations on alanine dipeptide), hours.
@@ -75,7 +76,7 @@ PRESETS: dict[str, dict] = {
         generator=dict(preset="cpu", n_layers=6, hidden=96, depth=2, n_bins=8, masking="all2all",
                        scaling="harmonic", prior_sigma=0.15, seed=0),
         cmt=dict(
-            path="cmt", eps_tr=1.0, eps_ent=2.0, n_steps=30, samples_per_step=16384, buffer_size=49152,
+            path="cmt", eps_tr=1.0, eps_ent=2.0, n_steps=60, samples_per_step=16384, buffer_size=49152,
             grad_steps_per_step=200, batch_size=512, lr=1e-3, lr_schedule="cosine", grad_clip=10.0, seed=0,
         ),
         energy_dtype="float32",
@@ -86,7 +87,7 @@ PRESETS: dict[str, dict] = {
         generator=dict(preset="gpu", n_layers=12, hidden=256, depth=3, n_bins=8, masking="all2all",
                        scaling="harmonic", prior_sigma=0.15, seed=0),
         cmt=dict(
-            path="cmt", eps_tr=1.0, eps_ent=2.0, n_steps=40, samples_per_step=131072, buffer_size=393216,
+            path="cmt", eps_tr=1.0, eps_ent=2.0, n_steps=60, samples_per_step=131072, buffer_size=393216,
             grad_steps_per_step=100, batch_size=4096, lr=5e-4, lr_schedule="cosine", grad_clip=10.0, seed=0,
         ),
         energy_dtype="float32",

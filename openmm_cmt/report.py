@@ -50,11 +50,15 @@ def ramachandran_plot(path, phi_psi, log_weights=None, reference=None, bins=100)
         w = None if lw is None else np.exp(lw - np.max(lw))
         h, _, _ = np.histogram2d(angles[:, 0], angles[:, 1], bins=[edges, edges], weights=w, density=True)
         with np.errstate(divide="ignore"):
-            ax.pcolormesh(edges, edges, -np.log(h.T), cmap="viridis", shading="flat")
+            free_energy = -np.log(h.T)
+        # Free energy in kT above the minimum, shown up to 10 kT (empty bins left blank).
+        free_energy = free_energy - np.min(free_energy[np.isfinite(free_energy)])
+        mesh = ax.pcolormesh(edges, edges, free_energy, cmap="viridis", shading="flat", vmin=0.0, vmax=10.0)
         ax.set_title(f"{title} (n={len(angles)})")
         ax.set_xlabel("phi / rad")
         ax.set_ylabel("psi / rad")
         ax.set_aspect("equal")
+    fig.colorbar(mesh, ax=axes[0].tolist(), label="free energy / kT", shrink=0.8)
     _save(fig, path)
     plt.close(fig)
     return True
