@@ -305,7 +305,7 @@ def test_garbage_collection_leaves_no_child_processes(aldp):
 
 _SCRIPT = textwrap.dedent(
     """
-    import os, signal, sys, threading
+    import os, signal, sys, threading, time
     import numpy as np
     import openmm
     from openmm import app
@@ -322,7 +322,15 @@ _SCRIPT = textwrap.dedent(
         engine = OpenMMEnergy(MolecularSystem("mol", topology, system, positions, 300.0), platform="CPU", n_workers=1)
         print("PIDS", *engine.worker_pids, flush=True)
         x = positions[None] + 0.01 * np.random.default_rng(0).standard_normal((200000, len(positions), 3))
-        threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT)).start()
+        def interrupt_when_busy():
+            # Ctrl-C in the middle of the batch, whatever the machine's load: wait until a
+            # worker holds a chunk, then interrupt.
+            while not any(w.state == "busy" for w in engine._pool.workers):
+                time.sleep(0.01)
+            time.sleep(0.2)
+            os.kill(os.getpid(), signal.SIGINT)
+
+        threading.Thread(target=interrupt_when_busy, daemon=True).start()
         try:
             engine.energy(x)
         except KeyboardInterrupt:
