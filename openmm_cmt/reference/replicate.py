@@ -266,12 +266,7 @@ def _replicate_custom_nonbonded(force, n: int, n_copies: int, cutoff: float):
     new.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffNonPeriodic)
     new.setCutoffDistance(cutoff)
     new.setUseSwitchingFunction(False)
-    for c in range(1, n_copies):
-        for i in range(n):
-            new.addParticle(force.getParticleParameters(i))
-        for k in range(force.getNumExclusions()):
-            i, j = force.getExclusionParticles(k)
-            new.addExclusion(i + c * n, j + c * n)
+    _add_copies(force, new, n, n_copies)
     for g in range(force.getNumInteractionGroups()):
         set1, set2 = force.getInteractionGroupParameters(g)
         grow = lambda s: sorted(p + c * n for c in range(n_copies) for p in s)  # noqa: E731
@@ -284,13 +279,18 @@ def _replicate_custom_gb(force, n: int, n_copies: int, cutoff: float):
     new = _clone(force)
     new.setNonbondedMethod(openmm.CustomGBForce.CutoffNonPeriodic)
     new.setCutoffDistance(cutoff)
+    _add_copies(force, new, n, n_copies)
+    return new
+
+
+def _add_copies(force, new, n: int, n_copies: int) -> None:
+    """Append the particles and exclusions of copies 1..n_copies-1 of a per-particle force."""
     for c in range(1, n_copies):
         for i in range(n):
             new.addParticle(force.getParticleParameters(i))
         for k in range(force.getNumExclusions()):
             i, j = force.getExclusionParticles(k)
             new.addExclusion(i + c * n, j + c * n)
-    return new
 
 
 def obc_as_custom_gb(force: openmm.GBSAOBCForce) -> openmm.CustomGBForce:

@@ -288,15 +288,21 @@ def _interaction_pairs(force, n: int, excluded: set) -> np.ndarray:
     return np.asarray(pairs, dtype=np.int64).reshape(-1, 2)
 
 
-def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
+def _pair_force_basics(force, system: openmm.System, cls):
+    """Checks shared by the per-particle custom forces: non-periodic method, one entry
+    per particle. Returns (n, global constants, per-particle parameter names)."""
     method = force.getNonbondedMethod()
-    periodic = method not in (openmm.CustomNonbondedForce.NoCutoff, openmm.CustomNonbondedForce.CutoffNonPeriodic)
+    periodic = method not in (cls.NoCutoff, cls.CutoffNonPeriodic)
     _require_supported(force, [_PERIODIC_METHOD.format(method)] if periodic else [])
     n = force.getNumParticles()
     if n != system.getNumParticles():
         raise UnsupportedSystemError(f"has {n} particles but the System has {system.getNumParticles()}")
-    constants = _globals(force)
     names = [force.getPerParticleParameterName(i) for i in range(force.getNumPerParticleParameters())]
+    return n, _globals(force), names
+
+
+def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
+    n, constants, names = _pair_force_basics(force, system, openmm.CustomNonbondedForce)
     table = np.asarray([list(force.getParticleParameters(i)) for i in range(n)], dtype=np.float64).reshape(n, len(names))
 
     # Computed values depend on per-particle parameters only: evaluate them once here.
@@ -311,7 +317,7 @@ def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.Sy
         names = names + [name]
 
     pairs = _interaction_pairs(force, n, _exclusion_set(force))
-    cutoff = value(force.getCutoffDistance()) if method == openmm.CustomNonbondedForce.CutoffNonPeriodic else 0.0
+    cutoff = value(force.getCutoffDistance()) if force.getNonbondedMethod() == openmm.CustomNonbondedForce.CutoffNonPeriodic else 0.0
     switch = value(force.getSwitchingDistance()) if force.getUseSwitchingFunction() and cutoff > 0 else -1.0
     if force.getUseSwitchingFunction() and cutoff > 0 and not 0.0 <= switch < cutoff:
         raise UnsupportedSystemError(f"switching distance {switch} nm must lie in [0, cutoff = {cutoff} nm)")
@@ -423,14 +429,7 @@ class CustomGBTerm(nn.Module):
 
 
 def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    method = force.getNonbondedMethod()
-    periodic = method not in (openmm.CustomGBForce.NoCutoff, openmm.CustomGBForce.CutoffNonPeriodic)
-    _require_supported(force, [_PERIODIC_METHOD.format(method)] if periodic else [])
-    n = force.getNumParticles()
-    if n != system.getNumParticles():
-        raise UnsupportedSystemError(f"has {n} particles but the System has {system.getNumParticles()}")
-    constants = _globals(force)
-    names = [force.getPerParticleParameterName(i) for i in range(force.getNumPerParticleParameters())]
+    n, constants, names = _pair_force_basics(force, system, openmm.CustomGBForce)
     rows = [list(force.getParticleParameters(i)) for i in range(n)]
     params = _param_matrix(rows, len(names), torch.float64)
 
@@ -464,7 +463,7 @@ def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: t
         inputs = single_inputs(value_names) if kind == _SINGLE else pair_inputs(value_names)
         energy_fns.append(_compile(expression, inputs, constants))
         energy_kinds.append(kind)
-    cutoff = value(force.getCutoffDistance()) if method == openmm.CustomGBForce.CutoffNonPeriodic else 0.0
+    cutoff = value(force.getCutoffDistance()) if force.getNonbondedMethod() == openmm.CustomGBForce.CutoffNonPeriodic else 0.0
     term = CustomGBTerm(
         params,
         torch.as_tensor(ex_pairs, dtype=torch.int64).reshape(-1, 2),
