@@ -205,7 +205,6 @@ class Generator(nn.Module):
 
             graph = as_molecule_graph(molsys.topology)
             kinds, centre, half_width = harmonic_scaling(transform, molsys, graph.bonds, graph.elements, width_factor)
-            transform = transform.to(torch.get_default_dtype())
         else:
             raise ValueError(f"scaling must be 'fixed' or 'harmonic', got {scaling!r}")
         flow = SplineFlow(kinds, size["n_layers"], size["hidden"], size["depth"], n_bins, masking, torsion_shifts, seed=seed)

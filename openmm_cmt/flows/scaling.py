@@ -29,6 +29,7 @@ their chirality, intersected with the interval.
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import List, Tuple
 
@@ -86,7 +87,7 @@ def ic_curvatures(transform, molsys) -> np.ndarray:
     import openmm
     from openmm import unit
 
-    t = transform.double()
+    t = copy.deepcopy(transform).double()  # the caller's transform keeps its dtype
     ref = t.reference_ic.detach().double().clone()
     dim = ref.numel()
     h = torch.full((dim,), STEPS["dihedral"], dtype=torch.float64)
