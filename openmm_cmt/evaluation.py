@@ -76,12 +76,13 @@ def evaluate(sampler, out_dir, n_samples: int = 100_000, reference: str | None =
     samples = sampler.sample(n_samples)
     log_w = samples.log_weights
     finite = np.isfinite(log_w)
+    generator_ess = metrics.reverse_ess(log_w[finite])  # Kish ESS fraction of the finite weights
     m: dict = {
         "system": molsys.name,
         "temperature_K": molsys.temperature,
         "n_samples": int(n_samples),
         "n_nonfinite_energy": int((~finite).sum()),
-        "reverse_ess": metrics.reverse_ess(log_w[finite]) * finite.mean(),
+        "reverse_ess": generator_ess * finite.mean(),
         "reverse_ess_clipped": metrics.reverse_ess(log_w[finite], clip_fraction=1e-4) * finite.mean(),
         "log_z_estimate": metrics.log_z_estimate(log_w[finite]) + float(np.log(finite.mean())),
         "target_evaluations": int(sampler.n_evaluations),
@@ -132,7 +133,7 @@ def evaluate(sampler, out_dir, n_samples: int = 100_000, reference: str | None =
             m["ramachandran_bins"] = bins
             m["ramachandran_n_reference"] = int(len(ref_angles))
             m["ramachandran_n_generator"] = int(finite.sum())
-            m["ramachandran_generator_ess"] = float(metrics.reverse_ess(log_w[finite]) * finite.sum())
+            m["ramachandran_generator_ess"] = float(generator_ess * finite.sum())
             if "phi_positive_fraction_sem" in diagnostics:
                 m["reference_phi_positive_fraction"] = float(diagnostics["phi_positive_fraction"])
                 m["reference_phi_positive_fraction_stderr"] = float(diagnostics["phi_positive_fraction_sem"])

@@ -84,8 +84,7 @@ def improper_dihedrals(transform, bonds: np.ndarray) -> np.ndarray:
 def ic_curvatures(transform, molsys) -> np.ndarray:
     """Diagonal curvature d^2 u / dq_i^2 of the reduced energy at the reference ICs,
     by central differences with exact OpenMM energies (2D + 1 evaluations)."""
-    import openmm
-    from openmm import unit
+    from openmm_cmt.energy.openmm_energy import OpenMMEnergy
 
     t = copy.deepcopy(transform).double()  # the caller's transform keeps its dtype
     ref = t.reference_ic.detach().double().clone()
@@ -96,13 +95,9 @@ def ic_curvatures(transform, molsys) -> np.ndarray:
     points = torch.cat([ref[None], ref + torch.diag(h), ref - torch.diag(h)])
     with torch.no_grad():
         x, _ = t.to_cartesian(points)
-    context = openmm.Context(molsys.system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    energies = np.empty(len(points))
-    for i, xi in enumerate(x.numpy()):
-        context.setPositions(xi)
-        energies[i] = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-    del context
-    u = energies / molsys.kT
+    # In-process: a worker pool would cost more to start than these few evaluations.
+    with OpenMMEnergy(molsys, platform="Reference", n_workers=0) as engine:
+        u = engine.reduced_energy(x.numpy())
     return (u[1 : dim + 1] - 2.0 * u[0] + u[dim + 1 :]) / h.numpy() ** 2
 
 
