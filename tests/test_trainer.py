@@ -88,6 +88,37 @@ def test_reused_samples_are_weighted_towards_the_next_density():
     assert float((w * (x - mean) ** 2).sum()) == pytest.approx(1 / precision, rel=0.03)
 
 
+@pytest.mark.parametrize("minibatch", ["weighted", "resampled"])
+def test_forward_kl_fit_reaches_the_next_density(minibatch):
+    """One step at the target (alpha = 0, beta = 1) fits a Gaussian model to p = N(3, 0.5)
+    from samples of N(0, 2^2): both minibatch schemes estimate the same objective, whose
+    minimiser is p's mean and variance."""
+    target = FunctionTarget(lambda x: (-0.5 * (x - 3.0) ** 2 / 0.5).sum(-1))
+    flow = GaussianFlow(1, mean=0.0, std=2.0)
+    config = CMTConfig(path="temperature-ladder", n_temperatures=1, samples_per_step=20_000, buffer_size=20_000,
+                       grad_steps_per_step=600, batch_size=1024, lr=0.02, minibatch=minibatch, seed=3)
+    CMTTrainer(flow, target, config).step()
+    assert flow.mean.item() == pytest.approx(3.0, abs=0.05)
+    assert flow.log_std.exp().item() ** 2 == pytest.approx(0.5, rel=0.1)
+
+
+def test_weights_at_the_target_ignore_the_current_model():
+    """At alpha = 0 the buffer weights are p~/q_gen whatever the current model says, even
+    for samples outside its support (no 0 * -inf)."""
+    target = FunctionTarget(lambda x: (-0.5 * x**2).sum(-1))
+    flow = GaussianFlow(1)
+    trainer = CMTTrainer(flow, target, CMTConfig(samples_per_step=8, buffer_size=8))
+    x = torch.linspace(-2, 2, 8, dtype=torch.float64).reshape(8, 1)
+    log_q_gen = torch.full((8,), -1.0, dtype=torch.float64)
+    trainer.buffer.push(x, log_q_gen, target.log_prob(x))
+    with torch.no_grad():
+        flow.log_std.fill_(-1e4)  # the current model now has (numerically) no support there
+    step = annealing_step(log_q_gen, target.log_prob(x), 0.0, 1.0)
+    log_w = trainer.buffer_log_weights(step)
+    assert torch.isfinite(log_w).all()
+    assert torch.allclose(log_w - log_w.max(), (target.log_prob(x) + 1.0) - (target.log_prob(x) + 1.0).max())
+
+
 class HarmonicEngine(EnergyEngine):
     """E = k/2 sum |x_i|^2 (kJ/mol), forces -k x: an engine with known derivatives."""
 
