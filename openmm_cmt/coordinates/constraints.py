@@ -158,7 +158,7 @@ class ConstraintMetric(torch.nn.Module):
     Constraints sharing no atom with another contribute a constant; each connected
     cluster of constraints sharing atoms (an X-H2 group, a methyl) gets one small Gram
     matrix, padded with the identity to the largest cluster and reduced by one batched
-    ``slogdet``. TorchScript-able.
+    ``slogdet``. Buffers start in float64 (exact after ``.double()``). TorchScript-able.
     """
 
     n_constraints: int
@@ -173,7 +173,7 @@ class ConstraintMetric(torch.nn.Module):
         inv = 1.0 / np.where(masses > 0, masses, 1.0)
         m = len(pairs)
         self.n_constraints = m
-        dtype = torch.get_default_dtype()
+        dtype = torch.float64
         diagonal = inv[pairs[:, 0]] + inv[pairs[:, 1]] if m else np.zeros(0)
         clusters = _clusters(pairs)
         singles = [c[0] for c in clusters if len(c) == 1]

@@ -184,10 +184,10 @@ class Generator(nn.Module):
         self.register_buffer("ic_centre", ic_centre.to(torch.get_default_dtype()))
         self.register_buffer("ic_half_width", ic_half_width.to(torch.get_default_dtype()))
         # Constraint data are rebuilt from the System, so checkpoints need not carry them.
-        dtype = torch.get_default_dtype()
+        # float64 at first, so that a generator moved to float64 holds the exact lengths.
         self.register_buffer("free_ics", free, persistent=False)
         self.register_buffer("fixed_ics", fixed.clone(), persistent=False)
-        self.register_buffer("fixed_values", values.to(dtype), persistent=False)
+        self.register_buffer("fixed_values", values.to(torch.float64), persistent=False)
         # (ic_free, fixed values) concatenated, then gathered into IC-vector order.
         self.register_buffer("_ic_order", torch.argsort(torch.cat([free, fixed])), persistent=False)
         self.register_buffer("constraint_lengths", values.to(torch.float64), persistent=False)
