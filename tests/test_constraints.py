@@ -463,3 +463,75 @@ def test_a_missing_temperature_is_refused():
         BoltzmannGeneratorSampler.from_simulation(simulation, config=tiny_config())
     sampler = BoltzmannGeneratorSampler.from_simulation(simulation, temperature=310 * unit.kelvin, config=tiny_config())
     assert sampler.molsys.temperature == 310.0
+
+
+# --- the same measure in exported files, openmmtools moves and saved runs ----------------------
+
+
+def test_exported_energy_uses_the_constrained_measure(molecule, generator, tmp_path):
+    from openmm_cmt.mcmc.export import (
+        check_compatible, export_generator, generator_python_force, load_generator, read_metadata,
+    )
+
+    path = tmp_path / "generator.pt"
+    metadata = export_generator(generator, molecule, path)
+    assert metadata["constraints"] == [[0, 1, LENGTHS[0]], [1, 2, LENGTHS[1]]]
+    assert read_metadata(path)["constraints"] == metadata["constraints"]
+    with pytest.raises(ValueError, match="does not constrain"):
+        check_compatible(metadata, four_site(constrained=False).system)
+    assert len(check_system(molecule.system, load_generator(path, molecule.system))) == 2
+    system = openmm.System()
+    for m in MASSES:
+        system.addParticle(m)
+    system.addConstraint(0, 1, LENGTHS[0])
+    system.addConstraint(1, 2, LENGTHS[1])
+    system.addForce(generator_python_force(path, system))
+    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+    torch.manual_seed(5)
+    x, log_q = generator.sample(3)
+    for xi, lq in zip(x.detach().numpy(), log_q.detach().numpy()):
+        context.setPositions(xi)
+        energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+        assert energy == pytest.approx(-molecule.kT * lq, rel=1e-9)  # -kT log q, metric factor included
+
+
+def test_openmmtools_move_keeps_constraints_and_tangent_velocities(molecule, generator):
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        from openmmtools import cache, states
+    from openmm_cmt.mcmc.moves import BoltzmannGeneratorMove
+
+    engine = create_energy(molecule, engine="torch", compile=False)
+    torch.manual_seed(6)
+    with torch.no_grad():
+        x, log_q = generator.sample(256)
+        log_w = -np.asarray(engine.reduced_energy(x)) - log_q.numpy()
+    start = x.numpy()[np.argmin(log_w)]  # the least likely draw: jumps away get accepted
+    thermodynamic_state = states.ThermodynamicState(molecule.system, molecule.temperature * unit.kelvin)
+    sampler_state = states.SamplerState(start * unit.nanometer)
+    context_cache = cache.ContextCache(platform=openmm.Platform.getPlatformByName("Reference"))
+    move = BoltzmannGeneratorMove(generator, seed=7)
+    for _ in range(5):
+        move.apply(thermodynamic_state, sampler_state, context_cache=context_cache)
+    assert move.n_accepted >= 1
+    y = sampler_state.positions.value_in_unit(unit.nanometer)
+    v = sampler_state.velocities.value_in_unit(unit.nanometer / unit.picosecond)
+    for (i, j), d in zip(((0, 1), (1, 2)), LENGTHS):
+        assert np.linalg.norm(y[i] - y[j]) == pytest.approx(d, rel=1e-9)
+        assert abs(np.dot(v[i] - v[j], y[i] - y[j])) < 1e-6
+    with pytest.raises(ValueError, match="redrawn"):
+        BoltzmannGeneratorMove(generator, redraw_velocities=False).apply(
+            thermodynamic_state, sampler_state, context_cache=context_cache)
+
+
+def test_a_saved_constrained_run_loads_with_the_same_density(tmp_path):
+    sampler = _from_system(four_site().system)
+    assert sampler.generator.n_constraints == 2
+    sampler.save(tmp_path)
+    loaded = BoltzmannGeneratorSampler.load(tmp_path)
+    torch.manual_seed(8)
+    x, log_w = sampler.sample(64)
+    np.testing.assert_allclose(loaded.log_prob(x), sampler.log_prob(x), rtol=1e-6)
+    torch.testing.assert_close(loaded.generator.constraint_lengths, sampler.generator.constraint_lengths)
