@@ -535,3 +535,42 @@ def test_a_saved_constrained_run_loads_with_the_same_density(tmp_path):
     x, log_w = sampler.sample(64)
     np.testing.assert_allclose(loaded.log_prob(x), sampler.log_prob(x), rtol=1e-6)
     torch.testing.assert_close(loaded.generator.constraint_lengths, sampler.generator.constraint_lengths)
+
+
+@pytest.mark.parametrize("constraints", ["AllBonds", "HAngles"])
+def test_allbonds_without_rings_work_and_hangles_are_refused(constraints):
+    pdb = _aldp_pdb()
+    system = app.ForceField("amber14-all.xml", "implicit/obc2.xml").createSystem(
+        pdb.topology, nonbondedMethod=app.NoCutoff, constraints=getattr(app, constraints))
+    molsys = MolecularSystem("aldp", pdb.topology, system, pdb.getPositions(asNumpy=True), 300.0)
+    if constraints == "HAngles":
+        with pytest.raises(ValueError, match=r"constraint \d+ between atoms \d+ \(H\w*\) and \d+ \(H\w*\).*HAngles"):
+            Generator.from_system(molsys)
+        return
+    generator = Generator.from_system(molsys, n_layers=2, hidden=16, depth=1).double()
+    assert generator.n_constraints == 21 and generator.dim == 60 - 21  # every bond of the tree
+    torch.manual_seed(9)
+    x, log_q = generator.sample(16)
+    torch.testing.assert_close(generator.log_prob(x.detach()), log_q.detach())
+    for k in range(system.getNumConstraints()):
+        i, j, d = system.getConstraintParameters(k)
+        np.testing.assert_allclose(np.linalg.norm(x[:, i].detach() - x[:, j].detach(), axis=-1),
+                                   d.value_in_unit(unit.nanometer), rtol=1e-12)
+
+
+def test_ring_closing_constraints_are_refused():
+    top = app.Topology()
+    residue = top.addResidue("RNG", top.addChain())
+    atoms = [top.addAtom(f"C{i}", app.element.carbon, residue) for i in range(4)]
+    bonds = ((0, 1), (1, 2), (2, 0), (0, 3))
+    system = openmm.System()
+    for i, j in bonds:
+        top.addBond(atoms[i], atoms[j])
+    for _ in atoms:
+        system.addParticle(12.0)
+    for i, j in bonds:
+        system.addConstraint(i, j, 0.15)
+    positions = np.array([[0.0, 0, 0], [0.15, 0, 0], [0.075, 0.13, 0], [-0.1, -0.1, 0.05]])
+    molsys = MolecularSystem("ring", top, system, positions, 300.0)
+    with pytest.raises(ValueError, match="ring-closing bond under constraints=AllBonds"):
+        Generator.from_system(molsys)
