@@ -574,3 +574,10 @@ def test_ring_closing_constraints_are_refused():
     molsys = MolecularSystem("ring", top, system, positions, 300.0)
     with pytest.raises(ValueError, match="ring-closing bond under constraints=AllBonds"):
         Generator.from_system(molsys)
+
+
+def test_hybrid_mc_refuses_other_masses_of_constrained_atoms(molecule, generator):
+    repartitioned = four_site()
+    repartitioned.system.setParticleMass(1, 3.0)  # hydrogen-mass-repartitioning style
+    with pytest.raises(ValueError, match="particle 1 has mass 3.000 Da"):
+        check_system(repartitioned.system, generator)

@@ -153,7 +153,8 @@ class ConstraintMetric(torch.nn.Module):
 
     Args:
         pairs: int ``[m, 2]`` constrained atom pairs (may be empty).
-        masses: ``[N]`` particle masses (dalton), all positive.
+        masses: ``[N]`` particle masses (dalton), positive for constrained atoms; kept
+            as the ``masses`` buffer, since the measure depends on them.
 
     Constraints sharing no atom with another contribute a constant; each connected
     cluster of constraints sharing atoms (an X-H2 group, a methyl) gets one small Gram
@@ -197,6 +198,7 @@ class ConstraintMetric(torch.nn.Module):
                     inv_mass.append(inv[k])
         self.n_entries = len(flat)
         self.register_buffer("pair_atoms", torch.as_tensor(pairs.copy()))
+        self.register_buffer("masses", torch.as_tensor(masses.copy()))
         self.register_buffer("_base", torch.as_tensor(base, dtype=dtype))
         self.register_buffer("_flat_index", torch.tensor(flat, dtype=torch.long))
         self.register_buffer("_angle_atoms", torch.tensor(atoms, dtype=torch.long).reshape(-1, 3).T.contiguous())

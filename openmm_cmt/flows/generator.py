@@ -89,12 +89,17 @@ PRESETS: Dict[str, Dict[str, int]] = {
 class Generator(nn.Module):
     """Normalizing flow over the internal coordinates of one molecule (module docstring).
 
-    Build with ``Generator.from_system``. TorchScript-able (``torch.jit.script``).
+    Build with ``Generator.from_system``. TorchScript-able (``torch.jit.script``). The
+    constructor takes the flow, prior, IC transform, per-dimension IC centres and
+    half-widths (over the free ICs), temperature, elements and atom names, and for a
+    constrained System ``fixed_ics`` (bond indices into the IC vector), ``fixed_values``
+    (their lengths, nm) and ``metric`` (a ``ConstraintMetric`` of the same bonds).
 
     Attributes:
         n_atoms, dim: atoms and flow dimensions (3N - 6 minus the constrained bonds).
         n_constraints: constrained bonds held at fixed lengths.
-        fixed_ics, constraint_lengths: their IC indices and distances (nm).
+        fixed_ics, constraint_lengths, constraint_pairs: their IC indices, distances
+            (nm) and atom pairs.
         metric: ``ConstraintMetric``, 0.5 log det G_M of the constraints.
         temperature: K, the MolecularSystem's.
         elements, atom_names: per atom, in the System's order.
@@ -272,7 +277,8 @@ class Generator(nn.Module):
             )
         else:
             raise ValueError(f"scaling must be 'fixed' or 'harmonic', got {scaling!r}")
-        free = [i for i in range(transform.dim) if i not in set(fixed.tolist())]
+        held = set(fixed.tolist())
+        free = [i for i in range(transform.dim) if i not in held]
         kinds = [kinds[i] for i in free]
         centre, half_width = centre[free], half_width[free]
         if len(free) < 2:

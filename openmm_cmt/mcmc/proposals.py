@@ -96,7 +96,22 @@ def check_system(system: openmm.System, generator=None) -> dict:
         if system.getParticleMass(i).value_in_unit(unit.dalton) <= 0:
             raise ValueError(f"particle {i} has zero mass; generator moves need every particle to move")
     held = {} if generator is None else generator_constraints(generator)
-    return check_constraints(system, held)
+    constraints = check_constraints(system, held)
+    metric = getattr(getattr(generator, "generator", generator), "metric", None)
+    masses = getattr(metric, "masses", None)
+    if constraints and masses is not None:
+        # With constraints the measure depends on the masses (hydrogen mass repartitioning).
+        expected = masses.detach().cpu().double().numpy()
+        atoms = sorted({a for pair in constraints for a in pair})
+        actual = system_masses(system)
+        wrong = [a for a in atoms if abs(actual[a] - expected[a]) > 1e-3]
+        if wrong:
+            a = wrong[0]
+            raise ValueError(
+                f"particle {a} has mass {actual[a]:.3f} Da in the System but {expected[a]:.3f} Da in the generator; "
+                "with constraints the sampled measure depends on the masses: use the generator built for this System"
+            )
+    return constraints
 
 
 def check_constraints(system: openmm.System, held: dict) -> dict:
