@@ -581,3 +581,14 @@ def test_hybrid_mc_refuses_other_masses_of_constrained_atoms(molecule, generator
     repartitioned.system.setParticleMass(1, 3.0)  # hydrogen-mass-repartitioning style
     with pytest.raises(ValueError, match="particle 1 has mass 3.000 Da"):
         check_system(repartitioned.system, generator)
+
+
+def test_cli_refuses_an_amoeba_force_field_before_training(tmp_path, capsys):
+    from openmm_cmt.cli import main
+
+    path = os.path.join(os.path.dirname(__import__("openmmtools").__file__), "data", "alanine-dipeptide-gbsa",
+                        "alanine-dipeptide.pdb")
+    assert main(["train", path, "--forcefield", "amoeba2018.xml", "--out", str(tmp_path / "run"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "AMOEBA polarisable force field" in err and "amber14-all.xml" in err
+    assert not (tmp_path / "run").exists()

@@ -22,15 +22,15 @@ _IMPLICIT_HINT = (
     "nonbondedMethod=NoCutoff and implicit solvent (e.g. ForceField('amber14-all.xml', 'implicit/obc2.xml')) or in vacuum"
 )
 
-#: Force classes of polarisable force fields, by class name.
+#: Polarisable force-field families, by force class name.
 _POLARISABLE = {
-    "DrudeForce": "a Drude polarisable force field (DrudeForce: Drude particles have no internal coordinates)",
-    "AmoebaMultipoleForce": "the AMOEBA polarisable force field (AmoebaMultipoleForce)",
-    "AmoebaVdwForce": "the AMOEBA force field (AmoebaVdwForce)",
-    "AmoebaGeneralizedKirkwoodForce": "the AMOEBA force field (AmoebaGeneralizedKirkwoodForce)",
-    "AmoebaWcaDispersionForce": "the AMOEBA force field (AmoebaWcaDispersionForce)",
-    "AmoebaTorsionTorsionForce": "the AMOEBA force field (AmoebaTorsionTorsionForce)",
-    "HippoNonbondedForce": "the HIPPO polarisable force field (HippoNonbondedForce)",
+    "DrudeForce": "the Drude polarisable force field (Drude particles have no internal coordinates)",
+    "AmoebaMultipoleForce": "the AMOEBA polarisable force field",
+    "AmoebaVdwForce": "the AMOEBA polarisable force field",
+    "AmoebaGeneralizedKirkwoodForce": "the AMOEBA polarisable force field",
+    "AmoebaWcaDispersionForce": "the AMOEBA polarisable force field",
+    "AmoebaTorsionTorsionForce": "the AMOEBA polarisable force field",
+    "HippoNonbondedForce": "the HIPPO polarisable force field",
 }
 
 
@@ -70,14 +70,15 @@ def check_supported(system, topology=None) -> None:
             f"{len(massless)} massless (fixed) particle(s) (first: particle {massless[0]}): every atom must "
             "move; give them their masses or remove them"
         )
-    named = set()
+    families: dict = {}
     for force in system.getForces():
         name = type(force).__name__
-        if name in _POLARISABLE and _POLARISABLE[name] not in named:
-            named.add(_POLARISABLE[name])
-    for what in sorted(named):
+        if name in _POLARISABLE:
+            families.setdefault(_POLARISABLE[name], []).append(name)
+    for family, names in sorted(families.items()):
         problems.append(
-            f"{what} is not supported; use a fixed-charge force field (e.g. amber14-all.xml with implicit/obc2.xml)"
+            f"{family} ({', '.join(names)}) is not supported; use a fixed-charge force field "
+            "(e.g. amber14-all.xml with implicit/obc2.xml)"
         )
     if problems:
         raise ValueError("unsupported System: " + "; ".join(problems))
