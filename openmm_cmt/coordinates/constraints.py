@@ -100,7 +100,9 @@ def system_constraints(system) -> List[Tuple[int, int, float]]:
     return out
 
 
-def constrained_ics(zmatrix, constraints: Sequence[Tuple[int, int, float]], atom_names=None) -> Tuple[np.ndarray, np.ndarray]:
+def constrained_ics(
+    zmatrix, constraints: Sequence[Tuple[int, int, float]], atom_names=None
+) -> Tuple[np.ndarray, np.ndarray]:
     """IC indices and values of the Z-matrix bonds held fixed by ``constraints``.
 
     Args:
@@ -159,7 +161,9 @@ class ConstraintMetric(torch.nn.Module):
     Constraints sharing no atom with another contribute a constant; each connected
     cluster of constraints sharing atoms (an X-H2 group, a methyl) gets one small Gram
     matrix, padded with the identity to the largest cluster and reduced by one batched
-    ``slogdet``. Buffers start in float64 (exact after ``.double()``). TorchScript-able.
+    ``slogdet``. Buffers start in float64 (exact after ``.double()``) and are not
+    persistent: they follow from the System, so checkpoints do not carry them.
+    TorchScript-able.
     """
 
     n_constraints: int
@@ -179,7 +183,8 @@ class ConstraintMetric(torch.nn.Module):
         clusters = _clusters(pairs)
         singles = [c[0] for c in clusters if len(c) == 1]
         groups = [c for c in clusters if len(c) > 1]
-        self.register_buffer("constant", torch.tensor(0.5 * float(np.log(diagonal[singles]).sum()), dtype=dtype))
+        constant = torch.tensor(0.5 * float(np.log(diagonal[singles]).sum()), dtype=dtype)
+        self.register_buffer("constant", constant, persistent=False)
         size = max((len(c) for c in groups), default=1)
         base = np.tile(np.eye(size), (len(groups), 1, 1))
         flat, atoms, inv_mass = [], [], []
@@ -197,12 +202,13 @@ class ConstraintMetric(torch.nn.Module):
                     atoms.append((a, k, c))
                     inv_mass.append(inv[k])
         self.n_entries = len(flat)
-        self.register_buffer("pair_atoms", torch.as_tensor(pairs.copy()))
-        self.register_buffer("masses", torch.as_tensor(masses.copy()))
-        self.register_buffer("_base", torch.as_tensor(base, dtype=dtype))
-        self.register_buffer("_flat_index", torch.tensor(flat, dtype=torch.long))
-        self.register_buffer("_angle_atoms", torch.tensor(atoms, dtype=torch.long).reshape(-1, 3).T.contiguous())
-        self.register_buffer("_inv_mass", torch.tensor(inv_mass, dtype=dtype))
+        self.register_buffer("pair_atoms", torch.as_tensor(pairs.copy()), persistent=False)
+        self.register_buffer("masses", torch.as_tensor(masses.copy()), persistent=False)
+        self.register_buffer("_base", torch.as_tensor(base, dtype=dtype), persistent=False)
+        self.register_buffer("_flat_index", torch.tensor(flat, dtype=torch.long), persistent=False)
+        angle_atoms = torch.tensor(atoms, dtype=torch.long).reshape(-1, 3).T.contiguous()
+        self.register_buffer("_angle_atoms", angle_atoms, persistent=False)
+        self.register_buffer("_inv_mass", torch.tensor(inv_mass, dtype=dtype), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         out = self.constant.to(x.dtype).expand(x.shape[0])

@@ -64,6 +64,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from openmm_cmt.coordinates.constraints import ConstraintMetric
 from openmm_cmt.flows.coupling import BOUNDED, CIRCULAR, SplineFlow
 from openmm_cmt.flows.priors import IndependentPrior
 
@@ -133,10 +134,10 @@ class Generator(nn.Module):
         metric: Optional[nn.Module] = None,
     ):
         super().__init__()
-        from openmm_cmt.coordinates.constraints import ConstraintMetric
-
         n_ic = int(transform.dim)
-        fixed = torch.zeros(0, dtype=torch.long) if fixed_ics is None else torch.as_tensor(fixed_ics, dtype=torch.long).cpu()
+        fixed = torch.zeros(0, dtype=torch.long)
+        if fixed_ics is not None:
+            fixed = torch.as_tensor(fixed_ics, dtype=torch.long).cpu()
         values = torch.zeros(0, dtype=torch.float64) if fixed_values is None else torch.as_tensor(fixed_values).cpu()
         if fixed.dim() != 1 or values.shape != fixed.shape:
             raise ValueError("fixed_ics and fixed_values must be 1-D and of the same length")
@@ -245,9 +246,16 @@ class Generator(nn.Module):
             width_factor: harmonic half-width in conditional standard deviations.
 
         A fresh flow is the identity, so the generator starts as its prior.
+
+        Raises ValueError for a System it would sample wrongly
+        (:func:`openmm_cmt.systems.support.check_supported`: periodic, explicit solvent,
+        virtual sites, Drude/AMOEBA) and for constraints that are not Z-matrix bonds.
         """
         from openmm_cmt.coordinates import InternalCoordinateTransform
         from openmm_cmt.coordinates.graph import as_molecule_graph
+        from openmm_cmt.systems.support import check_supported
+
+        check_supported(molsys.system, molsys.topology)
 
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -419,7 +427,7 @@ def ic_scaling(transform, bond_width: float, angle_width: float) -> Tuple[List[i
 def _constraints_of(molsys, transform):
     """(IC indices, lengths, ``ConstraintMetric``) of the System's bond constraints, in
     IC order; raises ValueError for a constraint that is not a Z-matrix bond."""
-    from openmm_cmt.coordinates.constraints import ConstraintMetric, constrained_ics, system_constraints
+    from openmm_cmt.coordinates.constraints import constrained_ics, system_constraints
 
     names = [atom.name for atom in molsys.topology.atoms()]
     fixed, lengths = constrained_ics(transform.zmatrix.cpu().numpy(), system_constraints(molsys.system), names)

@@ -10,7 +10,7 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
-from openmm_cmt.systems.support import check_supported, check_topology
+from openmm_cmt.systems.support import check_topology
 
 #: Molar gas constant in kJ/(mol K), the value OpenMM uses.
 MOLAR_GAS_CONSTANT = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
@@ -61,7 +61,6 @@ class MolecularSystem:
         if not (isinstance(self.temperature, (int, float, np.integer, np.floating)) and self.temperature > 0):
             raise ValueError(f"temperature must be a positive number (K), got {self.temperature!r}")
         self.temperature = float(self.temperature)
-        check_supported(self.system, self.topology)
 
     @property
     def n_atoms(self) -> int:

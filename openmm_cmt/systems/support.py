@@ -4,8 +4,9 @@ A generator places every atom of one molecule from its internal coordinates and 
 trained on energies of single conformations, so it cannot represent a periodic box of
 solvent, particles without coordinates of their own (virtual sites, Drude particles),
 or induced-dipole force fields that the batched energies do not reproduce (AMOEBA,
-HIPPO). Such Systems are refused with the reason and what to use instead, before any
-training starts. Bond-length constraints are supported (see
+HIPPO). ``Generator.from_system`` (and so every sampler, the command line included)
+refuses such Systems with the reason and what to use instead, before any training starts;
+a ``MolecularSystem`` itself may hold them, e.g. to evaluate energies. Bond-length constraints are supported (see
 :mod:`openmm_cmt.coordinates.constraints`); other constraints are refused where the
 generator is built.
 """
@@ -15,7 +16,9 @@ from __future__ import annotations
 from openmm import unit
 
 #: Residue names of water models in OpenMM, CHARMM, GROMACS and Amber files.
-WATER_RESIDUES = frozenset({"HOH", "WAT", "SOL", "H2O", "TIP", "TIP3", "TIP4", "TIP5", "TP3", "T3P", "T4P", "T5P", "SPC", "SPCE"})
+WATER_RESIDUES = frozenset(
+    {"HOH", "WAT", "SOL", "H2O", "TIP", "TIP3", "TIP4", "TIP5", "TP3", "T3P", "T4P", "T5P", "SPC", "SPCE"}
+)
 
 _IMPLICIT_HINT = (
     "sample the solute alone: remove water and ions (Modeller.deleteWater) and build the System with "
@@ -35,9 +38,10 @@ _POLARISABLE = {
 
 
 def check_topology(topology) -> None:
-    """Raise ValueError for explicit solvent (water residues) in ``topology``."""
+    """Raise ValueError for explicit solvent (water residues) in ``topology``; a lone
+    water molecule, the molecule of interest itself, is allowed."""
     waters = [r for r in topology.residues() if r.name.upper() in WATER_RESIDUES]
-    if waters:
+    if waters and topology.getNumResidues() > 1:
         raise ValueError(
             f"explicit solvent is not supported: the topology holds {len(waters)} water molecule(s) (residue "
             f"{waters[0].name}); {_IMPLICIT_HINT}"
