@@ -13,7 +13,11 @@ or, leaving the script's own ``simulation.step`` calls alone::
     simulation.reporters.append(HybridMC(simulation, "generator.pt", md_steps=1000).reporter())
 
 The integrator must sample the canonical ensemble at ``temperature`` (a Langevin
-integrator, say) for the combined chain to be exact.
+integrator, say) for the combined chain to be exact. With bond constraints
+(``constraints=HBonds``) it samples it on the constraint manifold, with respect to the
+mass-weighted surface measure; a generator built from the same System holds those bonds
+fixed and reports its density with respect to that measure, so the chain stays exact
+(:mod:`openmm_cmt.coordinates.constraints`).
 """
 
 from __future__ import annotations
