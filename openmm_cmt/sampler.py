@@ -98,7 +98,14 @@ class BoltzmannGeneratorSampler:
     @classmethod
     def from_simulation(cls, simulation, temperature: float | None = None, config="laptop", name="simulation"):
         """From an ``openmm.app.Simulation``: its topology, System, current positions, and
-        the integrator's temperature unless ``temperature`` (K) is given."""
+        the integrator's temperature unless ``temperature`` (K) is given.
+
+        Bond constraints (``constraints=HBonds``) are held fixed by the generator, whose
+        densities then refer to the measure constrained MD samples
+        (:mod:`openmm_cmt.coordinates.constraints`). Raises ValueError, naming what is
+        unsupported and what to use instead, for periodic Systems and explicit solvent,
+        virtual sites, Drude or AMOEBA forces, constraints that are not bonds of the
+        Z-matrix, and an integrator without a temperature when none is given."""
         if temperature is None:
             getter = getattr(simulation.integrator, "getTemperature", None)
             if getter is None:
@@ -109,7 +116,8 @@ class BoltzmannGeneratorSampler:
 
     @classmethod
     def from_system(cls, topology, system: openmm.System, positions, temperature: float, config="laptop", name="system"):
-        """From an OpenMM topology, System, reference positions (nm) and temperature (K)."""
+        """From an OpenMM topology, System, reference positions (nm) and temperature (K);
+        the same checks as ``from_simulation``."""
         return cls(MolecularSystem(name, topology, system, positions, temperature), config)
 
     @classmethod

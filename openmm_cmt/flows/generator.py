@@ -2,10 +2,15 @@ r"""The Boltzmann generator of a molecule: prior -> spline flow -> scaled ICs ->
 
 Pipeline (``latent_to_positions``), all maps bijective on their supports:
 
-    z ~ prior                       [B, D], D = 3N - 6, kinds per dimension
+    z ~ prior                       [B, D], D = 3N - 6 - m, kinds per dimension
     y = flow(z)                     spline coupling flow, same kinds
-    ic = centre + half_width * y    affine per dimension (identity on circular ones)
+    ic_free = centre + half_width * y    affine per dimension (identity on circular ones)
+    ic = (ic_free, constrained bond lengths)   [B, 3N - 6]
     x = to_cartesian(ic)            ``InternalCoordinateTransform``, canonical frame
+
+For a System with m bond-length constraints (``constraints=HBonds`` or ``AllBonds``),
+each constrained bond is a Z-matrix bond held at the System's distance and is not a
+flow coordinate (:mod:`openmm_cmt.coordinates.constraints`); without constraints m = 0.
 
 Dimension kinds and the IC scaling (``from_system``), around the reference structure
 (the MolecularSystem's positions, a minimum):
@@ -29,7 +34,16 @@ volume modulo rigid motions, ``dx = exp(-log_det_ic) dt dR d(ic)``),
     log_prob(x) = log p_z(z) + log|det dz/dy| - sum_{bounded} log half_width + log_det_ic(x)
 
 is a density of x with respect to ``dx / (dt dR)``: invariant to rotation and
-translation of x. Therefore, with u = E / kT,
+translation of x. With constraints, the bounded/log_det terms run over the free ICs and
+
+    log_prob(x) = ... + log_det_ic(x) - 0.5 log det G_M(x)
+
+is a density with respect to the mass-weighted surface measure sigma_M of the
+constraint manifold (modulo rigid motions), the measure on which constrained MD samples
+exp(-u) (derivation in :mod:`openmm_cmt.coordinates.constraints`; ``metric`` computes
+0.5 log det G_M). Positions whose constrained bonds deviate from their distances by more
+than ``CONSTRAINT_TOLERANCE`` (relative) are outside the support. Therefore, with
+u = E / kT,
 
     w(x) = exp(-u(x) - log_prob(x)),   x ~ sample(n),
 
@@ -46,9 +60,11 @@ units, a flipped stereocentre, coincident atoms, non-finite values) get
 import math
 from typing import Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch import nn
 
+from openmm_cmt.coordinates.constraints import ConstraintMetric
 from openmm_cmt.flows.coupling import BOUNDED, CIRCULAR, SplineFlow
 from openmm_cmt.flows.priors import IndependentPrior
 
@@ -57,6 +73,10 @@ ANGLE_MARGIN = 0.05
 #: Scaled coordinates up to this far outside [-1, 1] count as inside (float rounding
 #: of a Cartesian round trip) and are clamped; beyond it the density is 0.
 SUPPORT_TOLERANCE = 1e-4
+#: Relative deviation of a constrained bond from its distance beyond which positions lie
+#: off the constraint manifold (density 0). Loose enough for positions written to a PDB
+#: file (1e-4 nm rounding on a 0.1 nm X-H bond), tight against unconstrained samples.
+CONSTRAINT_TOLERANCE = 5e-3
 
 #: Flow sizes. "gpu" is close to TA-BG (NOTES section 6: 8 ALL->ALL blocks and their
 #: reverses, MLP 5 x 256, 8 bins; 7.4 M parameters for alanine dipeptide); "cpu" is a
@@ -70,10 +90,18 @@ PRESETS: Dict[str, Dict[str, int]] = {
 class Generator(nn.Module):
     """Normalizing flow over the internal coordinates of one molecule (module docstring).
 
-    Build with ``Generator.from_system``. TorchScript-able (``torch.jit.script``).
+    Build with ``Generator.from_system``. TorchScript-able (``torch.jit.script``). The
+    constructor takes the flow, prior, IC transform, per-dimension IC centres and
+    half-widths (over the free ICs), temperature, elements and atom names, and for a
+    constrained System ``fixed_ics`` (bond indices into the IC vector), ``fixed_values``
+    (their lengths, nm) and ``metric`` (a ``ConstraintMetric`` of the same bonds).
 
     Attributes:
-        n_atoms, dim: atoms and internal dimensions (3N - 6).
+        n_atoms, dim: atoms and flow dimensions (3N - 6 minus the constrained bonds).
+        n_constraints: constrained bonds held at fixed lengths.
+        fixed_ics, constraint_lengths, constraint_pairs: their IC indices, distances
+            (nm) and atom pairs.
+        metric: ``ConstraintMetric``, 0.5 log det G_M of the constraints.
         temperature: K, the MolecularSystem's.
         elements, atom_names: per atom, in the System's order.
         build_config: the keyword arguments of ``from_system`` (rebuild, then
@@ -84,8 +112,10 @@ class Generator(nn.Module):
 
     n_atoms: int
     dim: int
+    n_constraints: int
     temperature: float
     support_tolerance: float
+    constraint_tolerance: float
     elements: List[str]
     atom_names: List[str]
 
@@ -99,37 +129,75 @@ class Generator(nn.Module):
         temperature: float,
         elements: List[str],
         atom_names: List[str],
+        fixed_ics: Optional[torch.Tensor] = None,
+        fixed_values: Optional[torch.Tensor] = None,
+        metric: Optional[nn.Module] = None,
     ):
         super().__init__()
-        dim = int(transform.dim)
+        n_ic = int(transform.dim)
+        fixed = torch.zeros(0, dtype=torch.long)
+        if fixed_ics is not None:
+            fixed = torch.as_tensor(fixed_ics, dtype=torch.long).cpu()
+        values = torch.zeros(0, dtype=torch.float64) if fixed_values is None else torch.as_tensor(fixed_values).cpu()
+        if fixed.dim() != 1 or values.shape != fixed.shape:
+            raise ValueError("fixed_ics and fixed_values must be 1-D and of the same length")
+        is_bond = torch.zeros(n_ic, dtype=torch.bool)
+        is_bond[transform.bond_indices.cpu()] = True
+        if fixed.numel() and (len(set(fixed.tolist())) != fixed.numel() or not bool(is_bond[fixed].all())):
+            raise ValueError("fixed_ics must be distinct bond indices of the IC vector")
+        if not bool((values > 0).all()):
+            raise ValueError("fixed bond lengths must be positive (nm)")
+        free_mask = torch.ones(n_ic, dtype=torch.bool)
+        free_mask[fixed] = False
+        free = torch.nonzero(free_mask).flatten()
+        dim = int(free.numel())
         kinds = flow.kinds
         if prior.dim != dim or flow.dim != dim or ic_centre.shape != (dim,) or ic_half_width.shape != (dim,):
-            raise ValueError(f"flow, prior and IC scaling must all have {dim} dimensions (3N - 6)")
+            raise ValueError(
+                f"flow, prior and IC scaling must all have {dim} dimensions "
+                f"(3N - 6 = {n_ic} minus {fixed.numel()} constrained bonds)"
+            )
         if not torch.equal(kinds.cpu(), prior.kinds.cpu()):
             raise ValueError("flow and prior disagree on the dimension kinds")
         if not bool((ic_half_width > 0).all()):
             raise ValueError("IC half-widths must be positive")
         if len(elements) != transform.n_atoms or len(atom_names) != transform.n_atoms:
             raise ValueError(f"elements and atom_names need one entry per atom ({transform.n_atoms})")
+        if metric is None:
+            metric = ConstraintMetric(torch.zeros(0, 2, dtype=torch.long), torch.ones(int(transform.n_atoms)))
+        if int(metric.n_constraints) != fixed.numel():
+            raise ValueError(f"the metric has {metric.n_constraints} constraints, fixed_ics {fixed.numel()}")
         self.flow = flow
         self.prior = prior
         self.transform = transform
+        self.metric = metric
         self.n_atoms = int(transform.n_atoms)
         self.dim = dim
+        self.n_constraints = int(fixed.numel())
         self.temperature = float(temperature)
         self.elements = list(elements)
         self.atom_names = list(atom_names)
         self.build_config: dict = {}
         self.support_tolerance = SUPPORT_TOLERANCE
+        self.constraint_tolerance = CONSTRAINT_TOLERANCE
         bounded = kinds == BOUNDED
         self.register_buffer("bounded", bounded)
         # Bounded dihedrals are scaled relative to their centre modulo 2 pi, so that an
         # interval may straddle +-pi.
-        is_dihedral = torch.zeros(dim, dtype=torch.bool)
+        is_dihedral = torch.zeros(n_ic, dtype=torch.bool)
         is_dihedral[transform.dihedral_indices.cpu()] = True
-        self.register_buffer("wrapped", bounded.cpu() & is_dihedral)
+        self.register_buffer("wrapped", bounded.cpu() & is_dihedral[free])
         self.register_buffer("ic_centre", ic_centre.to(torch.get_default_dtype()))
         self.register_buffer("ic_half_width", ic_half_width.to(torch.get_default_dtype()))
+        # Constraint data are rebuilt from the System, so checkpoints need not carry them.
+        # float64 at first, so that a generator moved to float64 holds the exact lengths.
+        self.register_buffer("free_ics", free, persistent=False)
+        self.register_buffer("fixed_ics", fixed.clone(), persistent=False)
+        self.register_buffer("fixed_values", values.to(torch.float64), persistent=False)
+        # (ic_free, fixed values) concatenated, then gathered into IC-vector order.
+        self.register_buffer("_ic_order", torch.argsort(torch.cat([free, fixed])), persistent=False)
+        self.register_buffer("constraint_lengths", values.to(torch.float64), persistent=False)
+        self.register_buffer("constraint_pairs", metric.pair_atoms.clone(), persistent=False)
 
     # -- construction ----------------------------------------------------------------
 
@@ -178,9 +246,16 @@ class Generator(nn.Module):
             width_factor: harmonic half-width in conditional standard deviations.
 
         A fresh flow is the identity, so the generator starts as its prior.
+
+        Raises ValueError for a System it would sample wrongly
+        (:func:`openmm_cmt.systems.support.check_supported`: periodic, explicit solvent,
+        virtual sites, Drude/AMOEBA) and for constraints that are not Z-matrix bonds.
         """
         from openmm_cmt.coordinates import InternalCoordinateTransform
         from openmm_cmt.coordinates.graph import as_molecule_graph
+        from openmm_cmt.systems.support import check_supported
+
+        check_supported(molsys.system, molsys.topology)
 
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
@@ -198,15 +273,27 @@ class Generator(nn.Module):
             transform = InternalCoordinateTransform(
                 zmatrix, molsys.positions, as_molecule_graph(molsys.topology), fix_methyl_permutation
             )
+        fixed, lengths, metric = _constraints_of(molsys, transform)
         if scaling == "fixed":
             kinds, centre, half_width = ic_scaling(transform, bond_width, angle_width)
         elif scaling == "harmonic":
             from openmm_cmt.flows.scaling import harmonic_scaling
 
             graph = as_molecule_graph(molsys.topology)
-            kinds, centre, half_width = harmonic_scaling(transform, molsys, graph.bonds, graph.elements, width_factor)
+            kinds, centre, half_width = harmonic_scaling(
+                transform, molsys, graph.bonds, graph.elements, width_factor, fixed=(fixed, lengths)
+            )
         else:
             raise ValueError(f"scaling must be 'fixed' or 'harmonic', got {scaling!r}")
+        held = set(fixed.tolist())
+        free = [i for i in range(transform.dim) if i not in held]
+        kinds = [kinds[i] for i in free]
+        centre, half_width = centre[free], half_width[free]
+        if len(free) < 2:
+            raise ValueError(
+                f"{molsys.name}: only {len(free)} internal coordinate(s) remain free after {len(fixed)} "
+                "constrained bonds; a coupling flow needs at least 2"
+            )
         flow = SplineFlow(kinds, size["n_layers"], size["hidden"], size["depth"], n_bins, masking, torsion_shifts, seed=seed)
         generator = cls(
             flow,
@@ -217,6 +304,9 @@ class Generator(nn.Module):
             molsys.temperature,
             list(molsys.elements),
             [atom.name for atom in molsys.topology.atoms()],
+            torch.as_tensor(fixed),
+            torch.as_tensor(lengths),
+            metric,
         )
         generator.build_config = dict(
             preset=preset, n_bins=n_bins, masking=masking, torsion_shifts=torsion_shifts, seed=seed,
@@ -239,8 +329,11 @@ class Generator(nn.Module):
         y, logdet_flow = self.flow(z)
         ic = self.ic_centre + self.ic_half_width * y
         ic = torch.where(self.wrapped, torch.remainder(ic + math.pi, 2.0 * math.pi) - math.pi, ic)
+        if self.n_constraints > 0:
+            fixed = self.fixed_values.to(ic.dtype).expand(ic.shape[0], self.n_constraints)
+            ic = torch.cat([ic, fixed], dim=1)[:, self._ic_order]
         x, logdet_ic = self.transform.to_cartesian(ic)
-        return x, logdet_flow + self._log_scale() + logdet_ic
+        return x, logdet_flow + self._log_scale() + logdet_ic + self.metric(x)
 
     @torch.jit.export
     def positions_to_latent(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -248,16 +341,23 @@ class Generator(nn.Module):
         ``log_prob(x) = prior_log_prob(z) + log_det``). Out-of-support rows get log_det
         ``-inf`` (and a finite placeholder z)."""
         ic, logdet_ic = self.transform.to_internal(x)
+        outside = ~torch.isfinite(logdet_ic)
+        if self.n_constraints > 0:
+            lengths = self.fixed_values.to(ic.dtype)
+            deviation = (ic[:, self.fixed_ics] - lengths).abs()
+            outside = outside | (deviation > self.constraint_tolerance * lengths).any(1)
+            ic = ic[:, self.free_ics]
         delta = ic - self.ic_centre
         delta = torch.where(self.wrapped, torch.remainder(delta + math.pi, 2.0 * math.pi) - math.pi, delta)
         y = delta / self.ic_half_width
-        outside = (self.bounded & (y.abs() > 1.0 + self.support_tolerance)).any(1)
-        outside = outside | ~torch.isfinite(y).all(1) | ~torch.isfinite(logdet_ic)
+        outside = outside | (self.bounded & (y.abs() > 1.0 + self.support_tolerance)).any(1)
+        outside = outside | ~torch.isfinite(y).all(1)
         # Zero the rejected rows before the flow so that no NaN reaches the gradients.
         y = torch.where(outside.unsqueeze(1), torch.zeros_like(y), y)
         y = torch.where(self.bounded, torch.clamp(y, -1.0, 1.0), y)
         z, logdet_flow = self.flow.inverse(y)
-        logdet = torch.where(outside, torch.zeros_like(logdet_ic), logdet_ic) + logdet_flow - self._log_scale()
+        logdet_x = logdet_ic - self.metric(x)
+        logdet = torch.where(outside, torch.zeros_like(logdet_x), logdet_x) + logdet_flow - self._log_scale()
         return z, torch.where(outside, torch.full_like(logdet, -math.inf), logdet)
 
     @torch.jit.export
@@ -322,3 +422,15 @@ def ic_scaling(transform, bond_width: float, angle_width: float) -> Tuple[List[i
     centre = torch.where(circular, torch.zeros_like(reference), 0.5 * (low + high))
     half_width = torch.where(circular, torch.ones_like(reference), 0.5 * (high - low))
     return kinds, centre, half_width
+
+
+def _constraints_of(molsys, transform):
+    """(IC indices, lengths, ``ConstraintMetric``) of the System's bond constraints, in
+    IC order; raises ValueError for a constraint that is not a Z-matrix bond."""
+    from openmm_cmt.coordinates.constraints import constrained_ics, system_constraints
+
+    names = [atom.name for atom in molsys.topology.atoms()]
+    fixed, lengths = constrained_ics(transform.zmatrix.cpu().numpy(), system_constraints(molsys.system), names)
+    z = transform.zmatrix.cpu().numpy()
+    pairs = [(int(z[i + 1, 0]), int(z[i + 1, 1])) for i in fixed.tolist()]  # bond IC i is row i + 1
+    return fixed, lengths, ConstraintMetric(np.array(pairs, dtype=np.int64).reshape(-1, 2), molsys.masses)

@@ -81,33 +81,52 @@ def improper_dihedrals(transform, bonds: np.ndarray) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
-def ic_curvatures(transform, molsys) -> np.ndarray:
+def ic_curvatures(transform, molsys, fixed=None) -> np.ndarray:
     """Diagonal curvature d^2 u / dq_i^2 of the reduced energy at the reference ICs,
-    by central differences with exact OpenMM energies (2D + 1 evaluations)."""
+    by central differences with exact OpenMM energies (2D + 1 evaluations).
+
+    ``fixed``: optional ``(indices, values)`` of constrained bond ICs; the reference
+    point holds them at their values and they get no curvature (``nan``).
+    """
     from openmm_cmt.energy.openmm_energy import OpenMMEnergy
 
     t = copy.deepcopy(transform).double()  # the caller's transform keeps its dtype
     ref = t.reference_ic.detach().double().clone()
     dim = ref.numel()
+    held = torch.zeros(dim, dtype=torch.bool)
+    if fixed is not None and len(fixed[0]):
+        idx = torch.as_tensor(np.asarray(fixed[0]), dtype=torch.long)
+        ref[idx] = torch.as_tensor(np.asarray(fixed[1]), dtype=torch.float64)
+        held[idx] = True
+    varied = torch.nonzero(~held).flatten()
     h = torch.full((dim,), STEPS["dihedral"], dtype=torch.float64)
     h[t.bond_indices] = STEPS["bond"]
     h[t.angle_indices] = STEPS["angle"]
-    points = torch.cat([ref[None], ref + torch.diag(h), ref - torch.diag(h)])
+    step = torch.diag(h)[varied]
+    points = torch.cat([ref[None], ref + step, ref - step])
     with torch.no_grad():
         x, _ = t.to_cartesian(points)
     # In-process: a worker pool would cost more to start than these few evaluations.
     with OpenMMEnergy(molsys, platform="Reference", n_workers=0) as engine:
         u = engine.reduced_energy(x.numpy())
-    return (u[1 : dim + 1] - 2.0 * u[0] + u[dim + 1 :]) / h.numpy() ** 2
+    k = len(varied)
+    out = np.full(dim, np.nan)
+    out[varied.numpy()] = (u[1 : k + 1] - 2.0 * u[0] + u[k + 1 :]) / h[varied].numpy() ** 2
+    return out
 
 
-def harmonic_scaling(transform, molsys, bonds: np.ndarray, elements, width_factor: float = 10.0) -> Tuple[List[int], torch.Tensor, torch.Tensor]:
-    """Kinds, centres and half-widths of every IC (module docstring), float64."""
+def harmonic_scaling(transform, molsys, bonds: np.ndarray, elements, width_factor: float = 10.0, fixed=None) -> Tuple[List[int], torch.Tensor, torch.Tensor]:
+    """Kinds, centres and half-widths of every IC (module docstring), float64.
+
+    ``fixed``: optional ``(indices, values)`` of constrained bond ICs (held at their
+    values, not differentiated; their entries are placeholders for the caller to drop).
+    """
     if not width_factor > 0:
         raise ValueError(f"width_factor must be positive, got {width_factor}")
     ref = transform.reference_ic.detach().to(torch.float64).cpu()
-    curvature = torch.as_tensor(ic_curvatures(transform, molsys))
-    # A non-positive curvature (reference not exactly at a minimum) gets the cap.
+    curvature = torch.as_tensor(ic_curvatures(transform, molsys, fixed))
+    # A non-positive curvature (reference not exactly at a minimum) gets the cap, as do
+    # the held ICs (nan).
     s = torch.where(curvature > 0, curvature.clamp(min=1e-12).rsqrt(), torch.full_like(curvature, math.inf))
     half = width_factor * s
     centre = ref.clone()

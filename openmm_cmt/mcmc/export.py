@@ -5,7 +5,12 @@ returns :math:`E_\mathrm{BG}` in kJ/mol as a 0-dim tensor, the contract of
 ``openmmtorch.TorchForce`` (Reference, CPU and CUDA platforms); OpenMM takes the forces
 :math:`-\nabla E_\mathrm{BG} = kT \nabla \log q` from its autograd gradient. A System
 holding only this force has the Boltzmann distribution :math:`\propto q(x)` (up to the
-rigid-motion directions, along which :math:`\log q` is constant).
+rigid-motion directions, along which :math:`\log q` is constant). For a generator of a
+constrained System (``constraints=HBonds``), :math:`\log q` is a density with respect to the
+mass-weighted surface measure of the constraint manifold, the measure on which
+constrained MD of a System with the same constraints samples
+:math:`e^{-E_\mathrm{BG}/kT}` (:mod:`openmm_cmt.coordinates.constraints`), so the same
+holds there; ``check_compatible`` requires those constraints.
 
 The file also carries the generator's density contract as scripted methods
 ``sample(n) -> (x [n, N, 3] nm, log_q [n])`` and ``log_prob(x [B, N, 3]) -> [B]`` (nats),
@@ -32,6 +37,7 @@ from openmm import unit
 
 import openmm_cmt
 from openmm_cmt.checkpoint import atomic_write_bytes
+from openmm_cmt.mcmc.proposals import check_constraints, generator_constraints
 
 METADATA_FILE = "openmm_cmt_metadata.json"
 
@@ -124,6 +130,11 @@ def export_generator(generator: torch.nn.Module, molsys, path, dtype: torch.dtyp
         "forward": "E_BG(x) = -kT log q(x) in kJ/mol for positions [n_atoms, 3] in nm",
         "methods": {"sample": "n -> (x [n, n_atoms, 3] nm, log_q [n])", "log_prob": "x [B, n_atoms, 3] nm -> [B] nats"},
         "dtype": str(param_dtype).replace("torch.", ""),
+        "constraints": [[i, j, d] for (i, j), d in sorted(generator_constraints(generator).items())],
+        "measure": (
+            "log_prob is a density modulo rigid motions; with constraints, with respect to the mass-weighted "
+            "surface measure of the constraint manifold (what constrained MD samples)"
+        ),
         "system": molsys.name,
         "openmm_cmt_version": openmm_cmt.__version__,
         "torch_version": torch.__version__,
@@ -155,7 +166,8 @@ def read_metadata(path) -> dict:
 
 def check_compatible(metadata: dict, system: openmm.System, topology=None) -> None:
     """Raise ValueError unless ``system`` (and ``topology``, if given) has the exported
-    atom count and order: per-particle masses, and elements and atom names."""
+    atom count and order (per-particle masses, elements and atom names) and the bond
+    constraints the generator holds fixed."""
     n = system.getNumParticles()
     if n != metadata["n_atoms"]:
         raise ValueError(f"the generator was exported for {metadata['n_atoms']} atoms, the System has {n} particles")
@@ -168,6 +180,7 @@ def check_compatible(metadata: dict, system: openmm.System, topology=None) -> No
             f"atom order differs from the exported generator: particle {i} has mass {masses[i]:.3f} Da, "
             f"the generator expects {metadata['elements'][i]} ({expected[i]:.3f} Da); {wrong.size} particles differ"
         )
+    check_constraints(system, {(int(i), int(j)): float(d) for i, j, d in metadata.get("constraints", [])})
     if topology is not None:
         if topology.getNumAtoms() != n:
             raise ValueError(f"the topology has {topology.getNumAtoms()} atoms, the System {n} particles")

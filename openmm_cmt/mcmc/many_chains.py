@@ -21,7 +21,7 @@ from openmm import unit
 from openmm_cmt.mcmc.proposals import (
     GeneratorProposal,
     centre_of_mass,
-    check_flexible,
+    check_system,
     log_acceptance,
     maxwell_boltzmann,
     split_seed,
@@ -33,7 +33,8 @@ class ManyChainHybridMC:
     """``n_chains`` hybrid chains of ``molsys`` run side by side.
 
     Args:
-        molsys: a ``MolecularSystem`` (no constraints or virtual sites).
+        molsys: a ``MolecularSystem`` (no virtual sites; its bond constraints, if any,
+            must be the ones the generator holds fixed).
         generator: a ``Generator``, the path of an exported file, or a sampler.
         n_chains: K.
         md_steps: Langevin steps between proposal rounds (0: generator moves only).
@@ -77,7 +78,6 @@ class ManyChainHybridMC:
             raise ValueError(f"n_chains must be a positive integer, got {n_chains!r}")
         if not (isinstance(md_steps, (int, np.integer)) and md_steps >= 0):
             raise ValueError(f"md_steps must be a non-negative integer, got {md_steps!r}")
-        check_flexible(molsys.system)
         self.molsys = molsys
         self.n_chains = int(n_chains)
         self.md_steps = int(md_steps)
@@ -85,6 +85,7 @@ class ManyChainHybridMC:
         self.masses = molsys.masses
         seeds = split_seed(seed, 3)
         self.proposal = GeneratorProposal(generator, self.n_chains, seeds[0], molsys.system, molsys.topology)
+        self.constrained = bool(check_system(molsys.system, self.proposal.generator))
         self.rng = np.random.default_rng(seeds[1])
         integrator = openmm.LangevinMiddleIntegrator(
             molsys.temperature * unit.kelvin, collision_rate / unit.picosecond, timestep * unit.picoseconds
@@ -101,7 +102,10 @@ class ManyChainHybridMC:
         )
         if start.ndim == 3:
             self.replicas.set_positions(start)
+        if self.constrained:  # start on the constraint manifold
+            self.replicas.context.applyConstraints(integrator.getConstraintTolerance())
         self.replicas.set_velocities(maxwell_boltzmann(self.masses, self.kT, self.rng, self.n_chains))
+        self._project_velocities()
         if energy is None:
             from openmm_cmt.energy import create_energy
 
@@ -115,6 +119,13 @@ class ManyChainHybridMC:
         self.proposal_seconds = 0.0
         self.last: dict = {}
         self._current_log_q = None  # log q of the chain states, while no MD has moved them
+
+    def _project_velocities(self) -> None:
+        """Constrained Maxwell-Boltzmann velocities: the mass-weighted projection onto the
+        tangent space (a no-op, to the tolerance, for copies whose velocities came from
+        constrained MD)."""
+        if self.constrained:
+            self.replicas.context.applyVelocityConstraints(self.replicas.integrator.getConstraintTolerance())
 
     @property
     def platform_name(self) -> str:
@@ -150,6 +161,7 @@ class ManyChainHybridMC:
             v = self.replicas.get_velocities()
             v[accepted] = maxwell_boltzmann(self.masses, self.kT, self.rng, int(accepted.sum()))
             self.replicas.set_velocities(v)
+            self._project_velocities()
         self.n_proposed += 1
         self.n_accepted += accepted
         self.last = {

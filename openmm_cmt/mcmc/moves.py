@@ -27,7 +27,7 @@ with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.St
 from openmm_cmt.mcmc.proposals import (
     GeneratorProposal,
     centre_of_mass,
-    check_flexible,
+    check_system,
     generator_archive,
     log_acceptance,
     maxwell_boltzmann,
@@ -82,7 +82,11 @@ class BoltzmannGeneratorMove(MCMCMove):
         context, _ = self._get_context_cache(context_cache).get_context(thermodynamic_state)
         if self._checked_context is not context:
             system = context.getSystem()
-            check_flexible(system)
+            self._constrained = bool(check_system(system, self.proposal.generator))
+            if self._constrained and not self.redraw_velocities:
+                raise ValueError(
+                    "the System has constraints: velocities must be redrawn after a jump (redraw_velocities=True)"
+                )
             n_atoms = getattr(self.proposal.generator, "n_atoms", system.getNumParticles())
             if n_atoms != system.getNumParticles():
                 raise ValueError(f"the generator has {n_atoms} atoms, the System has {system.getNumParticles()} particles")
@@ -103,6 +107,8 @@ class BoltzmannGeneratorMove(MCMCMove):
             if self.redraw_velocities:
                 kT = thermodynamic_state.kT.value_in_unit(unit.kilojoule_per_mole)
                 context.setVelocities(maxwell_boltzmann(masses, kT, self.rng))
+                if self._constrained:  # mass-weighted projection onto the tangent space
+                    context.applyVelocityConstraints(context.getIntegrator().getConstraintTolerance())
             sampler_state.update_from_context(context, ignore_velocities=not self.redraw_velocities)
             self.proposal.remember(x_new[None], [log_q_new])
             self.n_accepted += 1

@@ -19,6 +19,16 @@ left by these moves: that is the exact rule, not an error. Velocities are redraw
 Maxwell-Boltzmann after an accepted jump; a fresh draw of :math:`v` is itself invariant,
 so the joint chain on :math:`(x, v)` keeps :math:`e^{-u(x) - K(v)/kT}`.
 
+With bond constraints (``constraints=HBonds``), the generator holds the constrained bonds
+at the System's distances, so every proposal lies on the constraint manifold, and its
+``log q`` is a density with respect to the mass-weighted surface measure on which
+constrained MD samples :math:`e^{-u}` (:mod:`openmm_cmt.coordinates.constraints`): the
+same ratio is then exact for the constrained chain. Velocities must then be redrawn
+after a jump (the old ones are not tangent to the manifold at the new point) and are
+projected onto the tangent space with the mass-weighted projection
+(``Context.applyVelocityConstraints``), which turns Maxwell-Boltzmann velocities into the
+constrained ones.
+
 Proposals are drawn in batches (one ``generator.sample(batch_size)`` call) and consumed
 one by one: they do not depend on the chain, so drawing them ahead changes nothing.
 """
@@ -60,19 +70,81 @@ def system_masses(system: openmm.System) -> np.ndarray:
     return np.array([system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(system.getNumParticles())])
 
 
-def check_flexible(system: openmm.System) -> None:
-    """Raise ValueError unless every particle of ``system`` is a free, massive atom:
-    generator proposals place every atom and satisfy no constraint."""
-    if system.getNumConstraints():
-        raise ValueError(
-            f"the System has {system.getNumConstraints()} constraints; generator proposals do not satisfy "
-            "them: build the System with constraints=None (and rigidWater=False)"
-        )
+def generator_constraints(module) -> dict:
+    """``{(i, j): distance_nm}`` (i < j) of the bonds a generator holds fixed: read from a
+    ``Generator``, a scripted ``GeneratorEnergy`` or a sampler (empty for generators
+    without constraints)."""
+    inner = getattr(module, "generator", module)  # a sampler's or GeneratorEnergy's Generator
+    pairs = getattr(inner, "constraint_pairs", None)
+    lengths = getattr(inner, "constraint_lengths", None)
+    if pairs is None or lengths is None:
+        return {}
+    pairs = pairs.detach().cpu().numpy().reshape(-1, 2)
+    lengths = lengths.detach().cpu().double().numpy()
+    return {(int(min(i, j)), int(max(i, j))): float(d) for (i, j), d in zip(pairs, lengths)}
+
+
+def check_system(system: openmm.System, generator=None) -> dict:
+    """Raise ValueError unless every particle of ``system`` is a massive atom and the
+    System's constraints are exactly the bonds ``generator`` holds fixed (same atom pairs
+    and distances): the proposals then lie on the constraint manifold and their densities
+    refer to the measure constrained MD samples (:mod:`openmm_cmt.coordinates.constraints`).
+    Returns the constraints ``{(i, j): distance_nm}``."""
     for i in range(system.getNumParticles()):
         if system.isVirtualSite(i):
             raise ValueError(f"particle {i} is a virtual site; generator moves need a System without virtual sites")
         if system.getParticleMass(i).value_in_unit(unit.dalton) <= 0:
             raise ValueError(f"particle {i} has zero mass; generator moves need every particle to move")
+    held = {} if generator is None else generator_constraints(generator)
+    constraints = check_constraints(system, held)
+    metric = getattr(getattr(generator, "generator", generator), "metric", None)
+    masses = getattr(metric, "masses", None)
+    if constraints and masses is not None:
+        # With constraints the measure depends on the masses (hydrogen mass repartitioning).
+        expected = masses.detach().cpu().double().numpy()
+        atoms = sorted({a for pair in constraints for a in pair})
+        actual = system_masses(system)
+        wrong = [a for a in atoms if abs(actual[a] - expected[a]) > 1e-3]
+        if wrong:
+            a = wrong[0]
+            raise ValueError(
+                f"particle {a} has mass {actual[a]:.3f} Da in the System but {expected[a]:.3f} Da in the generator; "
+                "with constraints the sampled measure depends on the masses: use the generator built for this System"
+            )
+    return constraints
+
+
+def check_constraints(system: openmm.System, held: dict) -> dict:
+    """Raise ValueError unless the constraints of ``system`` are exactly ``held``
+    (``{(i, j): distance_nm}``, i < j, the bonds a generator holds fixed). Returns the
+    System's constraints in that form."""
+    constraints = {}
+    for k in range(system.getNumConstraints()):
+        i, j, d = system.getConstraintParameters(k)
+        constraints[(min(i, j), max(i, j))] = d.value_in_unit(unit.nanometer) if unit.is_quantity(d) else float(d)
+    missing = sorted(set(constraints) - set(held))
+    if missing:
+        i, j = missing[0]
+        raise ValueError(
+            f"the System constrains {len(missing)} bond(s) the generator does not hold fixed (first: atoms "
+            f"{i}-{j}); its proposals would leave the constraint manifold: train the generator on this "
+            "System (BoltzmannGeneratorSampler.from_simulation(simulation)) or build the System with "
+            "constraints=None (and rigidWater=False)"
+        )
+    extra = sorted(set(held) - set(constraints))
+    if extra:
+        i, j = extra[0]
+        raise ValueError(
+            f"the generator holds {len(extra)} bond(s) fixed that the System does not constrain (first: atoms "
+            f"{i}-{j}); use it with the constrained System it was trained on (same constraints=...)"
+        )
+    for key, d in constraints.items():
+        if abs(d - held[key]) > 1e-6 * max(d, 1e-3):
+            raise ValueError(
+                f"constraint {key[0]}-{key[1]}: the System holds {d:.6f} nm, the generator {held[key]:.6f} nm; "
+                "use the System the generator was trained on"
+            )
+    return constraints
 
 
 def as_generator(source, system: openmm.System | None = None, topology=None) -> torch.nn.Module:

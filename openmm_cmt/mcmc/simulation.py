@@ -13,7 +13,11 @@ or, leaving the script's own ``simulation.step`` calls alone::
     simulation.reporters.append(HybridMC(simulation, "generator.pt", md_steps=1000).reporter())
 
 The integrator must sample the canonical ensemble at ``temperature`` (a Langevin
-integrator, say) for the combined chain to be exact.
+integrator, say) for the combined chain to be exact. With bond constraints
+(``constraints=HBonds``) it samples it on the constraint manifold, with respect to the
+mass-weighted surface measure; a generator built from the same System holds those bonds
+fixed and reports its density with respect to that measure, so the chain stays exact
+(:mod:`openmm_cmt.coordinates.constraints`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from openmm import unit
 from openmm_cmt.mcmc.proposals import (
     GeneratorProposal,
     centre_of_mass,
-    check_flexible,
+    check_system,
     kT_of,
     log_acceptance,
     maxwell_boltzmann,
@@ -39,14 +43,15 @@ class HybridMC:
     """Interleaves ``simulation.step(md_steps)`` with generator proposals.
 
     Args:
-        simulation: an ``openmm.app.Simulation`` (System without constraints or virtual
-            sites).
+        simulation: an ``openmm.app.Simulation`` (System without virtual sites; its bond
+            constraints, if any, must be the ones the generator holds fixed).
         generator: a ``Generator``, the path of an exported file, or a sampler.
         md_steps: MD steps between proposals (0: generator moves only).
         temperature: K; default the integrator's ``getTemperature()``.
         batch_size: proposals drawn per generator call.
         seed: seeds proposals, acceptance draws and velocities.
-        redraw_velocities: draw Maxwell-Boltzmann velocities after an accepted jump.
+        redraw_velocities: draw Maxwell-Boltzmann velocities after an accepted jump
+            (required with constraints; they are then projected onto the manifold).
 
     Attributes:
         n_proposed, n_accepted: counts; ``acceptance_rate`` is their ratio.
@@ -69,7 +74,6 @@ class HybridMC:
         self.simulation = simulation
         self.context = simulation.context
         system = self.context.getSystem()
-        check_flexible(system)
         if temperature is None:
             getter = getattr(simulation.integrator, "getTemperature", None)
             if getter is None:
@@ -81,6 +85,12 @@ class HybridMC:
         self.masses = system_masses(system)
         proposal_seed, own_seed = split_seed(seed, 2)
         self.proposal = GeneratorProposal(generator, batch_size, proposal_seed, system, getattr(simulation, "topology", None))
+        self.constrained = bool(check_system(system, self.proposal.generator))
+        if self.constrained and not redraw_velocities:
+            raise ValueError(
+                "the System has constraints: velocities must be redrawn after a jump (redraw_velocities=True), "
+                "since the old ones are not tangent to the constraint manifold at the new positions"
+            )
         self.rng = np.random.default_rng(own_seed)
         self.redraw_velocities = bool(redraw_velocities)
         self.n_proposed = 0
@@ -103,6 +113,10 @@ class HybridMC:
         self.context.setPositions(x)
         energy = self.context.getState(getEnergy=True).getPotentialEnergy()
         return energy.value_in_unit(unit.kilojoule_per_mole) / self.kT
+
+    def _constraint_tolerance(self) -> float:
+        getter = getattr(self.simulation.integrator, "getConstraintTolerance", None)
+        return float(getter()) if getter is not None else 1e-5
 
     def positions(self) -> np.ndarray:
         """Current positions ``[N, 3]`` nm of the Simulation."""
@@ -139,6 +153,8 @@ class HybridMC:
         if accepted:
             if self.redraw_velocities:
                 self.context.setVelocities(maxwell_boltzmann(self.masses, self.kT, self.rng))
+                if self.constrained:
+                    self.context.applyVelocityConstraints(self._constraint_tolerance())
             self.proposal.remember(x_new, log_q_new)
             self.n_accepted += 1
         else:

@@ -10,6 +10,8 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
+from openmm_cmt.systems.support import check_topology
+
 #: Molar gas constant in kJ/(mol K), the value OpenMM uses.
 MOLAR_GAS_CONSTANT = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
 
@@ -49,8 +51,15 @@ class MolecularSystem:
             raise ValueError(
                 f"topology has {self.topology.getNumAtoms()} atoms but the System has {n} particles"
             )
-        if not self.temperature > 0:
-            raise ValueError(f"temperature must be positive (K), got {self.temperature}")
+        if self.temperature is None:
+            raise ValueError(
+                "no temperature given: pass temperature= in K (a Simulation whose integrator has no "
+                "temperature, e.g. VerletIntegrator, samples no canonical ensemble to learn)"
+            )
+        if unit.is_quantity(self.temperature):
+            self.temperature = self.temperature.value_in_unit(unit.kelvin)
+        if not (isinstance(self.temperature, (int, float, np.integer, np.floating)) and self.temperature > 0):
+            raise ValueError(f"temperature must be a positive number (K), got {self.temperature!r}")
         self.temperature = float(self.temperature)
 
     @property
@@ -117,6 +126,7 @@ class MolecularSystem:
             raise ValueError(f"could not read PDB file {path}: {err}") from err
         if pdb.topology.getNumAtoms() == 0:
             raise ValueError(f"PDB file {path} contains no atoms")
+        check_topology(pdb.topology)
         files = list(forcefield_files)
         if implicit_solvent:
             files.append(_implicit_solvent_file(implicit_solvent))
