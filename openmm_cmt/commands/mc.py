@@ -15,9 +15,12 @@ import time
 
 import numpy as np
 
+from openmm_cmt.commands import add_trust_argument
+
 
 def add_arguments(p) -> None:
     p.add_argument("run", metavar="RUN", help="run folder written by openmm-cmt train")
+    add_trust_argument(p)
     p.add_argument("--n-cycles", type=int, default=100, help="MD + proposal cycles (default 100)")
     p.add_argument("--md-steps", type=int, default=1000,
                    help="Langevin steps per cycle (default 1000; 0: proposals only)")
@@ -54,7 +57,7 @@ def run(args) -> int:
     if args.md_steps < 0 or (args.plain_md and args.md_steps == 0):
         raise ValueError("--md-steps must be >= 0, and > 0 with --plain-md")
     try:
-        sampler = BoltzmannGeneratorSampler.load(args.run, device=args.device)
+        sampler = BoltzmannGeneratorSampler.load(args.run, device=args.device, trust_run=args.trust_run)
     except CheckpointError as err:
         print(f"openmm-cmt mc: error: {err}", file=sys.stderr)
         return 2

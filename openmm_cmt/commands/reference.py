@@ -11,11 +11,13 @@ from __future__ import annotations
 import json
 import time
 
+from openmm_cmt.commands import add_trust_argument
 from openmm_cmt.systems import add_system_arguments, system_from_args
 
 
 def add_arguments(parser) -> None:
     add_system_arguments(parser)
+    add_trust_argument(parser)
     parser.add_argument("--out", required=True, help="output .npz file")
     parser.add_argument("--platform", default="auto", help="OpenMM platform for the dynamics: auto (CUDA, else CPU), CPU, CUDA, ...")
     parser.add_argument("--n-ladders", type=int, default=2, help="independent temperature ladders (default 2)")
