@@ -183,9 +183,16 @@ def check_system_xml(xml: str, source: str) -> None:
         )
 
 
+def xml_fingerprint(xml: str | bytes) -> str:
+    """SHA-256 of a System's XML text as written: a checkpoint is only valid for the same
+    System. (Taken of the text, not of a deserialised System: a PythonForce's pickled
+    function need not serialise to the same bytes twice.)"""
+    return hashlib.sha256(xml.encode() if isinstance(xml, str) else xml).hexdigest()
+
+
 def system_fingerprint(system: openmm.System) -> str:
-    """SHA-256 of the System's XML: a checkpoint is only valid for the same System."""
-    return hashlib.sha256(openmm.XmlSerializer.serialize(system).encode()).hexdigest()
+    """``xml_fingerprint`` of the System's XML."""
+    return xml_fingerprint(openmm.XmlSerializer.serialize(system))
 
 
 def system_files(molsys: MolecularSystem) -> dict[str, bytes]:
@@ -201,7 +208,7 @@ def system_files(molsys: MolecularSystem) -> dict[str, bytes]:
         "temperature": molsys.temperature,
         "n_atoms": molsys.n_atoms,
         "positions_nm": molsys.positions.tolist(),
-        "fingerprint": hashlib.sha256(xml.encode()).hexdigest(),
+        "fingerprint": xml_fingerprint(xml),
     }
     files = {"system.xml": xml.encode(), "topology.pdb": pdb.getvalue().encode(), "system.json": json_text(meta).encode()}
     if molsys.system_factory is not None and 'type="PythonForce"' in xml:
@@ -230,6 +237,8 @@ def load_system(folder, trust_run: bool = False) -> MolecularSystem:
     try:
         with open(xml_path) as f:
             xml = f.read()
+        if xml_fingerprint(xml) != meta.get("fingerprint"):
+            raise CheckpointError(f"system.xml in {folder} does not match its fingerprint in system.json")
         if not trust_run:
             check_system_xml(xml, xml_path)
         system = openmm.XmlSerializer.deserialize(xml)
@@ -240,8 +249,6 @@ def load_system(folder, trust_run: bool = False) -> MolecularSystem:
         raise
     except Exception as err:
         raise CheckpointError(f"corrupt system files in {folder}: {err}") from err
-    if system_fingerprint(system) != meta.get("fingerprint"):
-        raise CheckpointError(f"system.xml in {folder} does not match its fingerprint in system.json")
     if topology.getNumAtoms() != meta["n_atoms"]:
         raise CheckpointError(
             f"topology.pdb in {folder} has {topology.getNumAtoms()} atoms, system.json says {meta['n_atoms']}"
@@ -308,11 +315,11 @@ def _replace_with_link(target: str, path: str) -> None:
     os.replace(tmp, path)
 
 
-def publish_run(folder, files: dict[str, bytes], keep: int = 2) -> str:
+def publish_run(folder, files: dict[str, bytes]) -> str:
     """Write ``files`` (name -> bytes) as the next snapshot of ``folder`` and make it current.
 
-    Holds the folder's lock while writing; keeps the ``keep`` newest snapshots. Returns the
-    snapshot's path.
+    Holds the folder's lock while writing; keeps the new snapshot and the one it replaces.
+    Returns the snapshot's path.
     """
     folder = os.fspath(folder)
     with hold_run_lock(folder):
@@ -339,9 +346,12 @@ def publish_run(folder, files: dict[str, bytes], keep: int = 2) -> str:
             shutil.rmtree(partial, ignore_errors=True)
             raise
         _fsync_dir(root)
+        pointer = os.path.join(folder, CURRENT)
+        previous = os.path.basename(os.path.realpath(pointer)) if os.path.islink(pointer) else None
         _point(folder, f"{SNAPSHOTS}/{name}", files)
-        for old in _snapshot_names(root)[:-keep]:
-            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+        for old in _snapshot_names(root):  # keep the new save and the one it replaces
+            if old not in (name, previous):
+                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     return os.path.join(root, name)
 
 

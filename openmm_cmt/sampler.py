@@ -37,8 +37,8 @@ from openmm_cmt.checkpoint import (
     run_snapshot,
     safe_torch_load,
     system_files,
-    system_fingerprint,
     torch_bytes,
+    xml_fingerprint,
 )
 from openmm_cmt.presets import TrainConfig, preset
 from openmm_cmt.run_lock import hold_run_lock
@@ -284,7 +284,7 @@ class BoltzmannGeneratorSampler:
         files[CONFIG] = json_text(self.config.to_dict()).encode()
         state = {
             "format_version": FORMAT_VERSION,
-            "system_fingerprint": system_fingerprint(self.molsys.system),
+            "system_fingerprint": xml_fingerprint(files["system.xml"]),
             "config": self.config.to_json(),
             "generator": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()},
             "trainer": None if self.trainer is None else self.trainer.state_dict(),
@@ -323,7 +323,7 @@ class BoltzmannGeneratorSampler:
         state = safe_torch_load(os.path.join(snapshot, CHECKPOINT))
         if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{folder}/{CHECKPOINT} is not a format-{FORMAT_VERSION} openmm_cmt checkpoint")
-        if state["system_fingerprint"] != system_fingerprint(molsys.system):
+        if state["system_fingerprint"] != read_json(os.path.join(snapshot, "system.json")).get("fingerprint"):
             raise CheckpointError(f"{folder}/{CHECKPOINT} belongs to another System than {folder}/system.xml")
         config = TrainConfig.from_dict(json.loads(state["config"]))
         if read_json(os.path.join(snapshot, CONFIG)) != config.to_dict():

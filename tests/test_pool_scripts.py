@@ -27,14 +27,14 @@ _UNGUARDED = textwrap.dedent(
     import numpy as np
     from openmm import app
     from openmm_cmt.energy import OpenMMEnergy
-    from openmm_cmt.systems import MolecularSystem, alanine_dipeptide
+    from openmm_cmt.systems import MolecularSystem
 
     with open(sys.argv[1], "a") as marker:
         marker.write("body ran\\n")
-    aldp = alanine_dipeptide()
+    pdb = app.PDBFile(sys.argv[3])
     forcefield = app.ForceField("amber14-all.xml", "implicit/gbn2.xml")
-    system = forcefield.createSystem(aldp.topology, nonbondedMethod=app.NoCutoff)
-    molsys = MolecularSystem("aldp-gbn2", aldp.topology, system, aldp.positions, 300.0)
+    system = forcefield.createSystem(pdb.topology, nonbondedMethod=app.NoCutoff)
+    molsys = MolecularSystem("aldp-gbn2", pdb.topology, system, pdb.getPositions(asNumpy=True), 300.0)
     x = np.load(sys.argv[2])
     engine = OpenMMEnergy(molsys, platform="CPU", n_workers=2)
     energies = np.asarray(engine.energy(x))
@@ -59,11 +59,14 @@ def test_unguarded_script_starts_a_pool_and_runs_once(tmp_path):
     aldp = alanine_dipeptide()
     x = aldp.positions[None] + 0.01 * np.random.default_rng(0).standard_normal((40, aldp.n_atoms, 3))
     np.save(tmp_path / "x.npy", x)
+    with open(tmp_path / "aldp.pdb", "w") as f:
+        app.PDBFile.writeFile(aldp.topology, aldp.positions * 10.0 * unit.angstrom, f)
     script = tmp_path / "user_script.py"
     script.write_text(_UNGUARDED)
     marker = tmp_path / "marker.txt"
     env = dict(os.environ, PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable, str(script), str(marker), str(tmp_path / "x.npy")],
+    proc = subprocess.run([sys.executable, str(script), str(marker), str(tmp_path / "x.npy"),
+                           str(tmp_path / "aldp.pdb")],
                           capture_output=True, text=True, timeout=240, env=env, cwd=tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "bootstrapping" not in proc.stderr

@@ -161,7 +161,7 @@ def _rescue(sampler) -> str:
         sampler.save(folder)
     except OSError as err:
         return f"; saving it to a temporary folder failed too ({err})"
-    return f"; the trained state was saved to {folder} instead (resume with --out {folder} --resume)"
+    return f"; it was saved to {folder} instead (resume with --out {folder} --resume)"
 
 
 def _parse_setting(item: str):
