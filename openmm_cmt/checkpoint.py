@@ -12,8 +12,8 @@ folder's lock (:mod:`openmm_cmt.run_lock`) throughout. Folders written before sn
 Loading never runs code from the folder: ``torch.load(weights_only=True)`` for the
 checkpoint, and the System XML is checked *before* OpenMM deserialises it. OpenMM
 unpickles the function of an ``openmm.PythonForce`` (openmm-ml potentials use them), so
-such a System, or any force type this module cannot vouch for, is refused unless the
-caller trusts the folder (``trust_run=True``, ``--trust-run``).
+such a System, or any force type this module cannot vouch for (plugin forces such as
+TorchForce), is refused unless the caller trusts the folder (``trust_run=True``, ``--trust-run``).
 """
 
 from __future__ import annotations
@@ -146,13 +146,13 @@ def read_json(path) -> dict:
 
 # -- System XML that is safe to deserialise ----------------------------------------------
 
-#: Force types whose XML OpenMM reads as plain numbers and expressions. PythonForce is
-#: left out on purpose (its function is a pickle); TorchForce holds a TorchScript model,
-#: not Python code.
+#: Force types whose XML OpenMM reads as plain numbers and expressions: OpenMM's own,
+#: less PythonForce (its function is a pickle). Plugin forces are not in it: a TorchForce
+#: carries a TorchScript program, and other plugins cannot be vouched for.
 SAFE_FORCE_TYPES = frozenset(
     name for name, obj in vars(openmm).items()
     if inspect.isclass(obj) and issubclass(obj, openmm.Force) and name not in ("Force", "PythonForce")
-) | {"TorchForce"}
+)
 # A hex attribute value that decodes to a pickle: PROTO (0x80) 2-5 first, STOP (0x2e)
 # last. No number ends in "e", so numeric attributes never match.
 _PICKLE_HEX = re.compile(r"800[2-5](?:[0-9a-fA-F]{2})*2[eE]")
@@ -178,7 +178,7 @@ def check_system_xml(xml: str, source: str) -> None:
                 found.add(f"a pickled attribute {key!r} in <{element.tag} type={kind!r}>")
     if found:
         raise UntrustedRunError(
-            f"{source} holds {', '.join(sorted(found))}: loading it would run Python code stored in the file. "
+            f"{source} holds {', '.join(sorted(found))}: loading it could run code stored in the file. "
             "Load it only if you trust whoever wrote it: pass trust_run=True (command line: --trust-run)"
         )
 

@@ -51,14 +51,14 @@ def run(args) -> int:
     name = os.path.splitext(os.path.basename(args.system.rstrip("/")))[0]
     out = args.out or os.path.join("runs", f"{name}-{args.preset or 'laptop'}")
     existed = os.path.isdir(out)
-    try:
-        with hold_run_lock(out):  # creates --out; the lock file is the test write
+    with hold_run_lock(out):  # creates --out; the lock file is the test write
+        try:
             _probe_write(out)
             return _train(args, out)
-    except BaseException:
-        if not existed and os.path.isdir(out) and set(os.listdir(out)) <= {LOCK_FILE}:
-            shutil.rmtree(out, ignore_errors=True)  # leave no empty run folder behind
-        raise
+        except BaseException:
+            if not existed and set(os.listdir(out)) <= {LOCK_FILE}:
+                shutil.rmtree(out, ignore_errors=True)  # leave no empty run folder behind
+            raise
 
 
 def _probe_write(folder: str) -> None:
@@ -93,6 +93,8 @@ def _train(args, out: str) -> int:
         if not os.path.isdir(args.system) and name_of(args.system) != sampler.molsys.name:
             raise ValueError(f"{out} holds a run of {sampler.molsys.name!r}, not of {args.system!r}")
         steps = sampler.config.cmt_config().n_steps if args.steps is None else args.steps
+        if steps <= len(sampler.history):
+            print(f"{out} has done its {len(sampler.history)} annealing steps; nothing to train (--steps N trains on)")
         applied = [f"--steps {args.steps}"] if args.steps is not None else []
         if args.eval_samples is not None:
             sampler.config.eval_samples = args.eval_samples
