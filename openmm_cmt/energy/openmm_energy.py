@@ -1,10 +1,10 @@
 """Exact OpenMM energies of batches, one Context evaluation per conformation.
 
 OpenMM returns one energy per Context call (force groups, CustomCVForce and
-TorchForce cannot split a replicated System into per-copy energies, see NOTES section
-3), so a batch is spread over a pool of worker processes, each holding one Context.
-Batches travel in chunks through shared memory; the pipes carry only control
-messages. This is the engine of record: every other engine is checked against it.
+TorchForce cannot split a replicated System into per-copy energies; OpenMM issue 2535),
+so a batch is spread over a pool of worker processes, each holding one Context. The
+workers are fresh interpreters that never import the caller's ``__main__``. Batches
+travel in chunks through shared memory; the sockets carry only control messages. This is the engine of record: every other engine is checked against it.
 """
 
 from __future__ import annotations
