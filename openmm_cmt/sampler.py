@@ -186,7 +186,11 @@ class BoltzmannGeneratorSampler:
                 preset name); ignored once training has started.
             callbacks: ``callback(sampler, record)`` after every step; returning True stops.
             progress: print a progress line (steps, evaluations, ESS, time left) to stderr.
-            checkpoint_dir: save there every ``config.checkpoint_every`` steps and at the end.
+            checkpoint_dir: save there every ``config.checkpoint_every`` steps and at the end,
+                holding the folder's lock throughout (RunLockedError if another process
+                writes it). A failed save is retried once; if that fails too, training goes
+                on with its state in memory, and a failed final save raises RunSaveError
+                naming the last good checkpoint (``sampler.save`` elsewhere still works).
 
         Returns the history: one record per annealing step.
         """

@@ -4,15 +4,17 @@ Workers are fresh interpreters (``python -c WORKER_CODE``, see ``_pool_worker``)
 to the parent by a socket pair; they never import the parent's ``__main__``, so a pool
 starts the same from a guarded or unguarded script, a notebook or an interactive
 session. (Where descriptors cannot be passed on, i.e. on Windows, multiprocessing's
-'spawn' is used instead, which needs the usual main guard.) Each worker owns one input block ([capacity, n_atoms, 3] float64 positions) and one
+'spawn' is used instead, which needs the usual main guard.)
+
+Each worker owns one input block ([capacity, n_atoms, 3] float64 positions) and one
 output block (capacity energies followed by [capacity, n_atoms, 3] forces). A batch is
 cut into chunks of at most ``capacity`` rows; an idle worker receives the next chunk as
 one ("run", n, forces) message. The parent waits on every worker's socket, which reaches
 end-of-file when the worker dies (killed, segfault), so a death is noticed at once. A busy
-worker reports at least every few seconds; one silent for ``hang_timeout`` seconds (stopped,
-deadlocked) is killed with a warning. Either way it is restarted and its chunk recomputed.
-A chunk that fails twice is split in halves, so a single conformation that crashes
-OpenMM ends up alone and gets +inf instead of taking the pool down.
+worker reports at least every two seconds; one silent for ``hang_timeout`` seconds
+(stopped, deadlocked) is killed with a warning. Either way it is restarted and its chunk
+recomputed. A chunk that fails twice is split in halves, so a single conformation that
+crashes OpenMM ends up alone and gets +inf instead of taking the pool down.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from multiprocessing import shared_memory
@@ -82,10 +85,17 @@ def _start_interpreter(init: dict):
         )
     finally:
         child_conn.close()  # only the worker holds its end: EOF reaches each side when the other goes
-    try:
-        parent_conn.send(("init", init, list(sys.path)))
-    except OSError:
-        pass  # it died at once; its end-of-file reports that
+    message = ("init", init, list(sys.path))
+
+    def send():
+        try:
+            parent_conn.send(message)
+        except OSError:
+            pass  # it died at once; its end-of-file reports that
+
+    # A large System fills the socket's buffer before the worker reads it; the pool must
+    # not block on a worker that never starts (its start deadline handles that).
+    threading.Thread(target=send, name="openmm-cmt-worker-init", daemon=True).start()
     return _Process(popen), parent_conn
 
 
@@ -178,9 +188,10 @@ class WorkerPool:
         positions: a valid conformation [n_atoms, 3] (nm); each worker times one
             evaluation of it at start-up, which also proves its Context works.
         start_timeout: seconds a worker may take to start (import, Context creation).
-        hang_timeout: seconds a busy worker may stay silent (it reports every
-            ``hang_timeout / 10`` s, at most every 2 s, and after each conformation that
-            took longer) before it is killed and replaced with a RuntimeWarning.
+        hang_timeout: seconds a busy worker may stay silent before it is killed and
+            replaced with a RuntimeWarning (plus three times its time per evaluation).
+            Between conformations a busy worker reports when ``min(2, hang_timeout / 10)``
+            seconds have passed since its last report.
     """
 
     def __init__(self, system_spec, platform, properties, n_workers, capacity, n_atoms, positions, start_timeout=120.0,
