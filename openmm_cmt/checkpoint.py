@@ -346,13 +346,23 @@ def publish_run(folder, files: dict[str, bytes]) -> str:
             shutil.rmtree(partial, ignore_errors=True)
             raise
         _fsync_dir(root)
-        pointer = os.path.join(folder, CURRENT)
-        previous = os.path.basename(os.path.realpath(pointer)) if os.path.islink(pointer) else None
+        previous = _current_name(folder)
         _point(folder, f"{SNAPSHOTS}/{name}", files)
         for old in _snapshot_names(root):  # keep the new save and the one it replaces
             if old not in (name, previous):
                 shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     return os.path.join(root, name)
+
+
+def _current_name(folder: str) -> str | None:
+    """The name of the snapshot ``current`` points at (link or pointer file), if any."""
+    pointer = os.path.join(folder, CURRENT)
+    if os.path.islink(pointer):
+        return os.path.basename(os.readlink(pointer))
+    if os.path.isfile(pointer):
+        with open(pointer) as f:
+            return os.path.basename(f.read().strip())
+    return None
 
 
 def _point(folder: str, snapshot: str, files) -> None:

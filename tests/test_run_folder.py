@@ -332,3 +332,18 @@ def test_clashing_atoms_are_named():
     atoms = list(aldp.topology.atoms())
     with pytest.raises(ValueError, match=rf"atoms 4 \({atoms[4].name} of .*\) and 7 \({atoms[7].name} of"):
         BoltzmannGeneratorSampler(clash, tiny_config())
+
+
+def test_without_symlinks_a_pointer_file_does(trained, tmp_path, monkeypatch):
+    def no_symlinks(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(checkpoint.os, "symlink", no_symlinks)
+    folder = tmp_path / "run"
+    trained.save(folder)
+    trained.save(folder)
+    assert (folder / "current").read_text().strip() == "snapshots/000002"
+    assert sorted(os.listdir(folder / "snapshots")) == ["000001", "000002"]  # and the one it replaced
+    assert not (folder / "checkpoint.pt").exists()
+    assert BoltzmannGeneratorSampler.load(folder).history == trained.history
+    assert main(["train", "alanine-dipeptide", "--out", str(folder)]) == 2  # still a run, not a fresh folder

@@ -79,7 +79,9 @@ def _train(args, out: str) -> int:
     from openmm_cmt.presets import preset
     from openmm_cmt.sampler import CHECKPOINT, BoltzmannGeneratorSampler, RunSaveError
 
-    has_checkpoint = os.path.exists(os.path.join(out, CHECKPOINT))
+    from openmm_cmt.checkpoint import CURRENT
+
+    has_checkpoint = any(os.path.exists(os.path.join(out, name)) for name in (CHECKPOINT, CURRENT))
     if args.resume:
         if not has_checkpoint:
             raise CheckpointError(f"--resume: no checkpoint in {out}")
