@@ -347,3 +347,16 @@ def test_without_symlinks_a_pointer_file_does(trained, tmp_path, monkeypatch):
     assert not (folder / "checkpoint.pt").exists()
     assert BoltzmannGeneratorSampler.load(folder).history == trained.history
     assert main(["train", "alanine-dipeptide", "--out", str(folder)]) == 2  # still a run, not a fresh folder
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["sample", "RUN", "--n", "0", "--out", "x.npz"], "argument --n: must be an integer >= 1, got '0'"),
+    (["mc", "RUN", "--timestep", "-0.001"], "argument --timestep: must be a number > 0, got '-0.001'"),
+    (["reference", "alanine-dipeptide", "--out", "r.npz", "--time-ps", "nan"], "argument --time-ps: must be a number > 0, got 'nan'"),
+    (["train", "alanine-dipeptide", "--steps", "1.5"], "argument --steps: must be an integer >= 1, got '1.5'"),
+    (["evaluate", "RUN", "--seed", "-1"], "argument --seed: must be an integer >= 0, got '-1'"),
+])
+def test_numeric_options_are_checked_before_anything_runs(argv, expected, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(expected) and err[-1].startswith(f"openmm-cmt {argv[0]}: error:")

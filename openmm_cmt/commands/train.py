@@ -11,7 +11,7 @@ import os
 import shutil
 
 from openmm_cmt.checkpoint import CheckpointError
-from openmm_cmt.commands import add_trust_argument
+from openmm_cmt.commands import add_trust_argument, non_negative_int, positive_float, positive_int
 from openmm_cmt.presets import PRESETS
 from openmm_cmt.systems import add_system_arguments, system_from_args
 
@@ -28,14 +28,14 @@ def add_arguments(p) -> None:
     p.add_argument("--out", default=None, help="run folder (default runs/SYSTEM-PRESET)")
     p.add_argument("--resume", action="store_true",
                    help="continue the checkpoint in --out (takes --steps, --device, --eval-samples, --max-minutes)")
-    p.add_argument("--steps", type=int, default=None, help="annealing steps in all (default: the preset's)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the flow and the trainer")
+    p.add_argument("--steps", type=positive_int, default=None, help="annealing steps in all (default: the preset's)")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="seed of the flow and the trainer")
     p.add_argument("--reference", default="auto",
                    help=".npz from openmm-cmt reference; auto: the one shipped for the system, if any; none: skip")
-    p.add_argument("--eval-samples", type=int, default=None, help="samples for the final metrics")
+    p.add_argument("--eval-samples", type=positive_int, default=None, help="samples for the final metrics")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a preset value, e.g. cmt.eps_tr=0.3 or generator.hidden=128 (repeatable)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
+    p.add_argument("--max-minutes", type=positive_float, default=None, help="stop training after this wall time")
     p.add_argument("--no-evaluate", action="store_true", help="skip the final evaluation (run openmm-cmt evaluate)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
@@ -43,11 +43,6 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from openmm_cmt.run_lock import LOCK_FILE, hold_run_lock
 
-    for flag, value in (("--steps", args.steps), ("--eval-samples", args.eval_samples)):
-        if value is not None and value < 1:
-            raise ValueError(f"{flag} must be at least 1, got {value}")
-    if args.max_minutes is not None and not args.max_minutes > 0:
-        raise ValueError(f"--max-minutes must be positive, got {args.max_minutes}")
     name = os.path.splitext(os.path.basename(args.system.rstrip("/")))[0]
     out = args.out or os.path.join("runs", f"{name}-{args.preset or 'laptop'}")
     existed = os.path.isdir(out)
