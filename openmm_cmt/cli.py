@@ -60,19 +60,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help, or a usage error argparse has printed in one line
+        return int(exit_.code or 0)
     from openmm_cmt.checkpoint import CheckpointError
+    from openmm_cmt.run_lock import RunLockedError
 
     try:
         return int(args._run(args) or 0)
-    except (KeyError, ValueError, FileNotFoundError, CheckpointError) as err:
-        # User errors: one clear line, no traceback.
-        msg = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"openmm-cmt {args.command}: error: {msg}", file=sys.stderr)
+    except (KeyError, ValueError, OSError, CheckpointError, RunLockedError) as err:
+        # User errors and unwritable or full folders: one clear line, no traceback.
+        print(f"openmm-cmt {args.command}: error: {_message(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+
+
+def _message(err: BaseException) -> str:
+    """One line for a user-facing error; an OSError names its path."""
+    if isinstance(err, KeyError) and err.args:
+        return str(err.args[0])
+    if isinstance(err, OSError) and err.filename is not None:
+        paths = f"{err.filename}" + (f" -> {err.filename2}" if err.filename2 is not None else "")
+        return f"{paths}: {err.strerror or err}"
+    return str(err) or type(err).__name__
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import inspect
 import json
+import math
+import re
 
 from openmm_cmt.cmt.trainer import CMTConfig
 
@@ -51,6 +54,15 @@ class TrainConfig:
             raise ValueError(f"energy_dtype must be 'float32' or 'float64', got {self.energy_dtype!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {self.device!r}")
+        if not (self.energy_compile == "auto" or isinstance(self.energy_compile, bool)):
+            raise ValueError(f"energy_compile must be true, false or 'auto', got {self.energy_compile!r}")
+        check_setting("checkpoint_every", self.checkpoint_every, int, minimum=0)
+        check_setting("eval_samples", self.eval_samples, int, minimum=1)
+        for section in ("generator", "cmt"):
+            if not isinstance(getattr(self, section), dict):
+                raise ValueError(f"{section} must be a dict of settings, got {getattr(self, section)!r}")
+        check_settings("generator", self.generator, _generator_schema())
+        check_settings("cmt", self.cmt, _cmt_schema())
         self.cmt_config()  # validates the CMT settings early
 
     def cmt_config(self) -> CMTConfig:
@@ -69,6 +81,86 @@ class TrainConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
+
+
+# -- settings validation -------------------------------------------------------------------
+
+#: Bounds beyond the type: (minimum, inclusive?) of numeric settings.
+_MINIMA = {
+    "generator": {"n_layers": (1, True), "hidden": (1, True), "depth": (1, True), "n_bins": (2, True),
+                  "seed": (0, True), "bond_width": (0, False), "angle_width": (0, False),
+                  "prior_sigma": (0, False), "width_factor": (0, False)},
+    "cmt": {"eps_tr": (0, False), "eps_ent": (0, False), "n_steps": (1, True), "samples_per_step": (2, True),
+            "buffer_size": (1, True), "grad_steps_per_step": (1, True), "batch_size": (1, True), "lr": (0, False),
+            "weight_decay": (0, True), "grad_clip": (0, False), "drop_top_energy_fraction": (0, True),
+            "seed": (0, True), "n_geometric": (1, True), "t_high_factor": (1, True), "n_temperatures": (1, True),
+            "reverse_kl_batch_size": (2, True)},
+}
+
+
+def _kind_of(annotation, default):
+    """(type, None allowed) of a setting from its annotation (a string under postponed
+    evaluation) or, without one, its default; (None, True) when anything goes."""
+    if isinstance(annotation, str):
+        text = annotation
+    else:
+        text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    if annotation is inspect.Parameter.empty or not text:
+        text = type(default).__name__ if default is not None else ""
+    allow_none = default is None or "None" in text or "Optional" in text
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if re.search(rf"\b{name}\b", text):
+            return kind, allow_none
+    return None, True
+
+
+def _generator_schema() -> dict:
+    from openmm_cmt.flows import Generator
+
+    params = inspect.signature(Generator.from_system).parameters
+    return {n: _kind_of(p.annotation, p.default) for n, p in params.items() if n not in ("cls", "molsys")}
+
+
+def _cmt_schema() -> dict:
+    return {f.name: _kind_of(f.type, f.default) for f in dataclasses.fields(CMTConfig)}
+
+
+def check_setting(key: str, value, kind, allow_none: bool = False, minimum=None, inclusive: bool = True) -> None:
+    """Raise ValueError naming ``key`` unless ``value`` is a ``kind`` (int, float, bool,
+    str) at or above ``minimum`` (strictly above when not ``inclusive``)."""
+    if value is None:
+        if allow_none:
+            return
+        raise ValueError(f"{key} must be {_describe(kind, minimum, inclusive)}, got None")
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        str: isinstance(value, str),
+    }.get(kind, True)
+    if ok and minimum is not None:
+        ok = value >= minimum if inclusive else value > minimum
+    if not ok:
+        none = " or null" if allow_none else ""
+        raise ValueError(f"{key} must be {_describe(kind, minimum, inclusive)}{none}, got {value!r}")
+
+
+def _describe(kind, minimum, inclusive) -> str:
+    what = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}.get(kind, "a value")
+    if minimum is not None:
+        what += f" {'>=' if inclusive else '>'} {minimum:g}"
+    return what
+
+
+def check_settings(section: str, values: dict, schema: dict) -> None:
+    """Check every ``section.key`` of ``values`` against ``schema`` (key -> (type, None
+    allowed)) and the bounds in ``_MINIMA``; unknown keys are named with the known ones."""
+    for key, value in values.items():
+        if key not in schema:
+            raise ValueError(f"unknown {section} setting {key!r}; expected one of {', '.join(sorted(schema))}")
+        kind, allow_none = schema[key]
+        minimum, inclusive = _MINIMA.get(section, {}).get(key, (None, True))
+        check_setting(f"{section}.{key}", value, kind, allow_none, minimum, inclusive)
 
 
 PRESETS: dict[str, dict] = {
@@ -108,6 +200,10 @@ def preset(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; expected one of {sorted(PRESETS)}")
     d = copy.deepcopy(PRESETS[name])
+    known = {f.name for f in dataclasses.fields(TrainConfig)} - {"preset"}
+    unknown = set(overrides) - known
+    if unknown:
+        raise ValueError(f"unknown setting(s) {', '.join(sorted(unknown))}; expected one of {', '.join(sorted(known))}")
     for key in ("cmt", "generator"):
         if key in overrides:
             d[key].update(overrides.pop(key))

@@ -9,8 +9,9 @@ It joins a MolecularSystem, an energy engine, a Generator and the CMT trainer::
 
 A run folder holds ``system.xml``, ``topology.pdb``, ``system.json`` (the system),
 ``config.json`` and ``checkpoint.pt`` (generator, optimiser, replay buffer, counters, RNG
-states and history). Every file is written atomically and loaded without running
-pickled code.
+states and history). Each save is published as one unit and loaded without running
+pickled code (:mod:`openmm_cmt.checkpoint`); one process at a time writes a run folder
+(:mod:`openmm_cmt.run_lock`).
 """
 
 from __future__ import annotations
@@ -29,19 +30,30 @@ from openmm import unit
 from openmm_cmt.checkpoint import (
     FORMAT_VERSION,
     CheckpointError,
-    atomic_torch_save,
-    atomic_write_json,
+    json_text,
     load_system,
+    publish_run,
     read_json,
+    run_snapshot,
     safe_torch_load,
-    save_system,
-    system_fingerprint,
+    system_files,
+    torch_bytes,
+    xml_fingerprint,
 )
 from openmm_cmt.presets import TrainConfig, preset
+from openmm_cmt.run_lock import hold_run_lock
 from openmm_cmt.systems.molecular_system import MolecularSystem
 
 CHECKPOINT = "checkpoint.pt"
 CONFIG = "config.json"
+#: Seconds between a failed checkpoint save and its one retry.
+SAVE_RETRY_SECONDS = 1.0
+#: Atoms closer than this (nm) are the same place: no internal coordinates exist there.
+CLASH_DISTANCE = 0.01
+
+
+class RunSaveError(CheckpointError):
+    """A checkpoint save failed twice; the sampler still holds the training state."""
 
 
 @dataclasses.dataclass
@@ -88,11 +100,13 @@ class BoltzmannGeneratorSampler:
 
         self.molsys = molsys
         self.config = preset(config) if isinstance(config, str) else config
+        _check_clashes(molsys)
         self.device = _resolve_device(self.config.device)
         self.generator = Generator.from_system(molsys, **self.config.generator).to(self.device)
         self.trainer = None
         self._energy = None
         self._eval_energy = None
+        self.last_saved: tuple[str, int] | None = None  # (snapshot folder, annealing steps in it)
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -180,7 +194,11 @@ class BoltzmannGeneratorSampler:
                 preset name); ignored once training has started.
             callbacks: ``callback(sampler, record)`` after every step; returning True stops.
             progress: print a progress line (steps, evaluations, ESS, time left) to stderr.
-            checkpoint_dir: save there every ``config.checkpoint_every`` steps and at the end.
+            checkpoint_dir: save there every ``config.checkpoint_every`` steps and at the end,
+                holding the folder's lock throughout (RunLockedError if another process
+                writes it). A failed save is retried once; if that fails too, training goes
+                on with its state in memory, and a failed final save raises RunSaveError
+                naming the last good checkpoint (``sampler.save`` elsewhere still works).
 
         Returns the history: one record per annealing step.
         """
@@ -199,14 +217,40 @@ class BoltzmannGeneratorSampler:
             reporter.update(record)
             stop = any(bool(cb(self, record)) for cb in callbacks)
             if checkpoint_dir is not None and every and _trainer.step_index % every == 0:
-                self.save(checkpoint_dir)
+                self._checkpoint(checkpoint_dir, final=False)
             return stop
 
-        trainer.run(total, callback=after_step)
-        reporter.close()
-        if checkpoint_dir is not None:
-            self.save(checkpoint_dir)
+        if checkpoint_dir is None:
+            trainer.run(total, callback=after_step)
+            reporter.close()
+            return trainer.history
+        with hold_run_lock(checkpoint_dir):  # one writer for the whole run
+            trainer.run(total, callback=after_step)
+            reporter.close()
+            self._checkpoint(checkpoint_dir, final=True)
         return trainer.history
+
+    def _checkpoint(self, folder, final: bool) -> None:
+        """Save, retrying once after an OSError. A second failure mid-run is reported and
+        training goes on (the state stays in memory); at the end it raises RunSaveError."""
+        for attempt in (0, 1):
+            try:
+                self.save(folder)
+                return
+            except OSError as err:
+                error = err
+                if attempt == 0:
+                    print(f"\nwarning: saving {folder} failed ({err}); retrying in {SAVE_RETRY_SECONDS:g} s",
+                          file=sys.stderr, flush=True)
+                    time.sleep(SAVE_RETRY_SECONDS)
+        if self.last_saved is None:
+            where = "none was written"
+        else:
+            where = f"{self.last_saved[0]} (after annealing step {self.last_saved[1]})"
+        message = f"could not save {folder} ({error}); the last good checkpoint: {where}"
+        if final:
+            raise RunSaveError(message + "; the trained state is still in memory") from error
+        print(f"\nwarning: {message}; training continues with its state in memory", file=sys.stderr, flush=True)
 
     # -- sampling -----------------------------------------------------------------------
     @torch.no_grad()
@@ -243,38 +287,58 @@ class BoltzmannGeneratorSampler:
         return self.generator.log_prob(t.to(self.device, dtype)).double().cpu().numpy()
 
     # -- persistence --------------------------------------------------------------------
-    def save(self, folder: str | os.PathLike) -> None:
-        """Write the run folder (atomic files; ``checkpoint.pt`` last)."""
+    def save(self, folder: str | os.PathLike) -> str:
+        """Write the run folder as one snapshot (see :mod:`openmm_cmt.checkpoint`);
+        returns the snapshot's path. Raises RunLockedError when another process writes
+        ``folder``."""
         folder = os.fspath(folder)
-        os.makedirs(folder, exist_ok=True)
-        save_system(self.molsys, folder)
-        atomic_write_json(os.path.join(folder, CONFIG), self.config.to_dict())
+        files = system_files(self.molsys)
+        files[CONFIG] = json_text(self.config.to_dict()).encode()
         state = {
             "format_version": FORMAT_VERSION,
-            "system_fingerprint": system_fingerprint(self.molsys.system),
+            "system_fingerprint": xml_fingerprint(files["system.xml"]),
             "config": self.config.to_json(),
             "generator": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()},
             "trainer": None if self.trainer is None else self.trainer.state_dict(),
         }
-        atomic_torch_save(state, os.path.join(folder, CHECKPOINT))
+        files[CHECKPOINT] = torch_bytes(state)
+        snapshot = publish_run(folder, files)
+        self.last_saved = (snapshot, len(self.history))
+        return snapshot
 
     @classmethod
-    def load(cls, folder: str | os.PathLike, device: str | None = None) -> "BoltzmannGeneratorSampler":
-        """A sampler from a run folder written by ``save``. Raises CheckpointError for a
-        missing, corrupt or mismatched checkpoint."""
+    def load(cls, folder: str | os.PathLike, device: str | None = None,
+             trust_run: bool = False) -> "BoltzmannGeneratorSampler":
+        """A sampler from a run folder written by ``save``.
+
+        Parameters
+        ----------
+        folder : path
+            The run folder.
+        device : str, optional
+            Replaces the config's device.
+        trust_run : bool
+            Allow a System whose XML carries serialised Python (an ``openmm.PythonForce``,
+            e.g. an openmm-ml potential), which runs code while loading. Only for folders
+            from a trusted source.
+
+        Raises
+        ------
+        CheckpointError
+            For a missing, corrupt, mismatched or (without ``trust_run``) unsafe folder.
+        """
         import json
 
         folder = os.fspath(folder)
-        if not os.path.isdir(folder):
-            raise CheckpointError(f"run folder not found: {folder}")
-        molsys = load_system(folder)
-        state = safe_torch_load(os.path.join(folder, CHECKPOINT))
+        snapshot = run_snapshot(folder)
+        molsys = load_system(snapshot, trust_run=trust_run)
+        state = safe_torch_load(os.path.join(snapshot, CHECKPOINT))
         if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
             raise CheckpointError(f"{folder}/{CHECKPOINT} is not a format-{FORMAT_VERSION} openmm_cmt checkpoint")
-        if state["system_fingerprint"] != system_fingerprint(molsys.system):
+        if state["system_fingerprint"] != read_json(os.path.join(snapshot, "system.json")).get("fingerprint"):
             raise CheckpointError(f"{folder}/{CHECKPOINT} belongs to another System than {folder}/system.xml")
         config = TrainConfig.from_dict(json.loads(state["config"]))
-        if read_json(os.path.join(folder, CONFIG)) != config.to_dict():
+        if read_json(os.path.join(snapshot, CONFIG)) != config.to_dict():
             raise CheckpointError(f"{folder}/{CONFIG} does not match the config stored in {CHECKPOINT}")
         if device is not None:
             config.device = device
@@ -285,6 +349,7 @@ class BoltzmannGeneratorSampler:
             raise CheckpointError(f"generator weights in {folder} do not fit its config: {err}") from err
         if state["trainer"] is not None:
             sampler._make_trainer().load_state_dict(state["trainer"])
+        sampler.last_saved = (snapshot, len(sampler.history))
         return sampler
 
     def export(self, path: str | os.PathLike) -> dict:
@@ -301,6 +366,30 @@ class BoltzmannGeneratorSampler:
         if self.trainer is not None:
             self.trainer.target = None
             self.trainer = None
+
+
+def _check_clashes(molsys) -> None:
+    """Refuse atoms at the same place, naming them (no Z-matrix can hold them)."""
+    x = np.asarray(molsys.positions, dtype=np.float64)
+    n = len(x)
+    for start in range(0, n, 512):
+        block = x[start:start + 512]
+        d = np.linalg.norm(block[:, None, :] - x[None, :, :], axis=-1)
+        i, j = np.nonzero(d < CLASH_DISTANCE)
+        keep = start + i < j
+        if keep.any():
+            atoms = list(molsys.topology.atoms())
+
+            def label(k):
+                a = atoms[k]
+                return f"{k} ({a.name} of {a.residue.name}{a.residue.id})"
+
+            pairs = [f"{label(start + a)} and {label(b)} ({d[a, b]:.4f} nm apart)" for a, b in zip(i[keep], j[keep])]
+            more = f" and {len(pairs) - 5} more pairs" if len(pairs) > 5 else ""
+            raise ValueError(
+                f"atoms {'; '.join(pairs[:5])}{more} of {molsys.name} sit at the same place "
+                f"(closer than {CLASH_DISTANCE} nm): fix the structure's coordinates"
+            )
 
 
 class _Progress:

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import os
 
+from openmm_cmt.commands import add_trust_argument, non_negative_int, positive_int
+
 
 def add_arguments(p) -> None:
     p.add_argument("run", metavar="RUN", help="run folder written by openmm-cmt train")
+    add_trust_argument(p)
     p.add_argument("--reference", default="auto",
                    help=".npz from openmm-cmt reference; auto: the one shipped for the system, if any; none: skip")
-    p.add_argument("--n-samples", type=int, default=None, help="generator samples (default: the run's eval_samples)")
-    p.add_argument("--bins", type=int, default=100, help="Ramachandran histogram bins per axis")
+    p.add_argument("--n-samples", type=positive_int, default=None, help="generator samples (default: the run's eval_samples)")
+    p.add_argument("--bins", type=positive_int, default=100, help="Ramachandran histogram bins per axis")
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
 
 
 def run(args) -> int:
@@ -22,7 +25,7 @@ def run(args) -> int:
     from openmm_cmt.evaluation import evaluate
     from openmm_cmt.sampler import BoltzmannGeneratorSampler
 
-    sampler = BoltzmannGeneratorSampler.load(args.run, device=args.device)
+    sampler = BoltzmannGeneratorSampler.load(args.run, device=args.device, trust_run=args.trust_run)
     torch.manual_seed(args.seed)
     n = args.n_samples or sampler.config.eval_samples
     m = evaluate(sampler, args.run, n_samples=n, reference=args.reference, bins=args.bins)

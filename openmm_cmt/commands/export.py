@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import sys
 
+from openmm_cmt.commands import add_trust_argument
+
 
 def add_arguments(p) -> None:
     p.add_argument("run", metavar="RUN", help="run folder written by openmm-cmt train")
+    add_trust_argument(p)
     p.add_argument("--out", required=True, help="output TorchScript file (e.g. generator.pt)")
 
 
@@ -19,7 +22,7 @@ def run(args) -> int:
     from openmm_cmt.sampler import BoltzmannGeneratorSampler
 
     try:
-        sampler = BoltzmannGeneratorSampler.load(args.run, device="cpu")
+        sampler = BoltzmannGeneratorSampler.load(args.run, device="cpu", trust_run=args.trust_run)
     except CheckpointError as err:
         print(f"openmm-cmt export: error: {err}", file=sys.stderr)
         return 2

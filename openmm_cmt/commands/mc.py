@@ -15,21 +15,24 @@ import time
 
 import numpy as np
 
+from openmm_cmt.commands import add_trust_argument, non_negative_float, non_negative_int, positive_float, positive_int
+
 
 def add_arguments(p) -> None:
     p.add_argument("run", metavar="RUN", help="run folder written by openmm-cmt train")
-    p.add_argument("--n-cycles", type=int, default=100, help="MD + proposal cycles (default 100)")
-    p.add_argument("--md-steps", type=int, default=1000,
+    add_trust_argument(p)
+    p.add_argument("--n-cycles", type=positive_int, default=100, help="MD + proposal cycles (default 100)")
+    p.add_argument("--md-steps", type=non_negative_int, default=1000,
                    help="Langevin steps per cycle (default 1000; 0: proposals only)")
-    p.add_argument("--n-chains", type=int, default=1, help="independent chains in one Context (default 1)")
-    p.add_argument("--timestep", type=float, default=0.001, help="ps (default 0.001)")
-    p.add_argument("--collision-rate", type=float, default=1.0, help="1/ps (default 1)")
+    p.add_argument("--n-chains", type=positive_int, default=1, help="independent chains in one Context (default 1)")
+    p.add_argument("--timestep", type=positive_float, default=0.001, help="ps (default 0.001)")
+    p.add_argument("--collision-rate", type=non_negative_float, default=1.0, help="1/ps (default 1)")
     p.add_argument("--platform", default="auto", help="OpenMM platform for MD: auto (CUDA, else CPU), CPU, CUDA, ...")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="generator and energy device (default cpu)")
     p.add_argument("--energy", default="auto", choices=["auto", "torch", "openmm"], help="per-chain energy engine")
     p.add_argument("--no-compile", action="store_true", help="no torch.compile for the torch energy engine")
     p.add_argument("--plain-md", action="store_true", help="no generator proposals (baseline)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--out", default=None, help="output .npz: positions [n_cycles, n_chains, N, 3] nm, accepted, ...")
 
 
@@ -54,7 +57,7 @@ def run(args) -> int:
     if args.md_steps < 0 or (args.plain_md and args.md_steps == 0):
         raise ValueError("--md-steps must be >= 0, and > 0 with --plain-md")
     try:
-        sampler = BoltzmannGeneratorSampler.load(args.run, device=args.device)
+        sampler = BoltzmannGeneratorSampler.load(args.run, device=args.device, trust_run=args.trust_run)
     except CheckpointError as err:
         print(f"openmm-cmt mc: error: {err}", file=sys.stderr)
         return 2

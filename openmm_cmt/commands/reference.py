@@ -11,29 +11,31 @@ from __future__ import annotations
 import json
 import time
 
+from openmm_cmt.commands import add_trust_argument, non_negative_float, non_negative_int, positive_float, positive_int
 from openmm_cmt.systems import add_system_arguments, system_from_args
 
 
 def add_arguments(parser) -> None:
     add_system_arguments(parser)
+    add_trust_argument(parser)
     parser.add_argument("--out", required=True, help="output .npz file")
     parser.add_argument("--platform", default="auto", help="OpenMM platform for the dynamics: auto (CUDA, else CPU), CPU, CUDA, ...")
-    parser.add_argument("--n-ladders", type=int, default=2, help="independent temperature ladders (default 2)")
+    parser.add_argument("--n-ladders", type=positive_int, default=2, help="independent temperature ladders (default 2)")
     parser.add_argument(
         "--temperatures", default=None, help="comma-separated increasing temperatures in K (overrides --t-max/--n-temps)"
     )
-    parser.add_argument("--t-max", type=float, default=1200.0, help="highest temperature, K (default 1200)")
-    parser.add_argument("--n-temps", type=int, default=8, help="temperatures, geometric from the system's to --t-max (default 8)")
-    parser.add_argument("--time-ps", type=float, default=50.0, help="production time per copy, ps (default 50)")
-    parser.add_argument("--equilibration-ps", type=float, default=5.0, help="time before frames are kept, ps (default 5)")
-    parser.add_argument("--timestep-fs", type=float, default=1.0, help="fs (default 1)")
-    parser.add_argument("--collision-rate", type=float, default=1.0, help="Langevin friction, 1/ps (default 1)")
-    parser.add_argument("--swap-interval-ps", type=float, default=2.0, help="ps between swap rounds (default 2)")
-    parser.add_argument("--save-interval-ps", type=float, default=0.5, help="ps between saved frames (default 0.5)")
-    parser.add_argument("--recentre-interval-ps", type=float, default=1.0, help="ps between re-centrings (default 1)")
-    parser.add_argument("--spacing", type=float, default=5.0, help="grid spacing of the copies, nm (default 5)")
-    parser.add_argument("--cutoff", type=float, default=1.5, help="pairwise cutoff in the replicated System, nm (default 1.5)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--t-max", type=positive_float, default=1200.0, help="highest temperature, K (default 1200)")
+    parser.add_argument("--n-temps", type=positive_int, default=8, help="temperatures, geometric from the system's to --t-max (default 8)")
+    parser.add_argument("--time-ps", type=positive_float, default=50.0, help="production time per copy, ps (default 50)")
+    parser.add_argument("--equilibration-ps", type=non_negative_float, default=5.0, help="time before frames are kept, ps (default 5)")
+    parser.add_argument("--timestep-fs", type=positive_float, default=1.0, help="fs (default 1)")
+    parser.add_argument("--collision-rate", type=non_negative_float, default=1.0, help="Langevin friction, 1/ps (default 1)")
+    parser.add_argument("--swap-interval-ps", type=positive_float, default=2.0, help="ps between swap rounds (default 2)")
+    parser.add_argument("--save-interval-ps", type=positive_float, default=0.5, help="ps between saved frames (default 0.5)")
+    parser.add_argument("--recentre-interval-ps", type=positive_float, default=1.0, help="ps between re-centrings (default 1)")
+    parser.add_argument("--spacing", type=positive_float, default=5.0, help="grid spacing of the copies, nm (default 5)")
+    parser.add_argument("--cutoff", type=positive_float, default=1.5, help="pairwise cutoff in the replicated System, nm (default 1.5)")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress lines")
 
 

@@ -6,12 +6,15 @@ import io
 
 import numpy as np
 
+from openmm_cmt.commands import add_trust_argument, non_negative_int, positive_int
+
 
 def add_arguments(p) -> None:
     p.add_argument("run", metavar="RUN", help="run folder written by openmm-cmt train")
-    p.add_argument("--n", type=int, default=10_000, help="number of samples")
+    add_trust_argument(p)
+    p.add_argument("--n", type=positive_int, default=10_000, help="number of samples")
     p.add_argument("--out", required=True, help="output .npz: positions [n, N, 3] nm, log_weights, log_q, energies")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--device", default=None, choices=["cpu", "cuda"])
 
 
@@ -22,7 +25,7 @@ def run(args) -> int:
     from openmm_cmt.metrics import reverse_ess
     from openmm_cmt.sampler import BoltzmannGeneratorSampler
 
-    sampler = BoltzmannGeneratorSampler.load(args.run, device=args.device)
+    sampler = BoltzmannGeneratorSampler.load(args.run, device=args.device, trust_run=args.trust_run)
     torch.manual_seed(args.seed)
     s = sampler.sample(args.n)
     buf = io.BytesIO()

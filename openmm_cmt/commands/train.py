@@ -1,50 +1,107 @@
-"""openmm-cmt train SYSTEM: the main job."""
+"""openmm-cmt train SYSTEM: the main job.
+
+The run folder ``--out`` is created, test-written and locked before anything is built:
+one process trains into it at a time, and an unwritable folder fails at once, not at
+the first checkpoint.
+"""
 
 from __future__ import annotations
 
 import os
+import shutil
 
 from openmm_cmt.checkpoint import CheckpointError
+from openmm_cmt.commands import add_trust_argument, non_negative_int, positive_float, positive_int
 from openmm_cmt.presets import PRESETS
 from openmm_cmt.systems import add_system_arguments, system_from_args
+
+#: Options that define a new run; --resume continues the stored one and refuses them.
+NEW_RUN_OPTIONS = ("preset", "energy", "seed", "set", "forcefield", "implicit_solvent", "temperature")
 
 
 def add_arguments(p) -> None:
     add_system_arguments(p)
-    p.add_argument("--preset", default="laptop", choices=sorted(PRESETS), help="training preset (default laptop)")
+    add_trust_argument(p)
+    p.add_argument("--preset", default=None, choices=sorted(PRESETS), help="training preset (default laptop)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--energy", default="auto", choices=["auto", "torch", "openmm"], help="energy engine")
+    p.add_argument("--energy", default=None, choices=["auto", "torch", "openmm"], help="energy engine (default auto)")
     p.add_argument("--out", default=None, help="run folder (default runs/SYSTEM-PRESET)")
-    p.add_argument("--resume", action="store_true", help="continue the checkpoint in --out")
-    p.add_argument("--steps", type=int, default=None, help="annealing steps (default: the preset's)")
-    p.add_argument("--seed", type=int, default=None, help="seed of the flow and the trainer")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the checkpoint in --out (takes --steps, --device, --eval-samples, --max-minutes)")
+    p.add_argument("--steps", type=positive_int, default=None, help="annealing steps in all (default: the preset's)")
+    p.add_argument("--seed", type=non_negative_int, default=None, help="seed of the flow and the trainer")
     p.add_argument("--reference", default="auto",
                    help=".npz from openmm-cmt reference; auto: the one shipped for the system, if any; none: skip")
-    p.add_argument("--eval-samples", type=int, default=None, help="samples for the final metrics")
+    p.add_argument("--eval-samples", type=positive_int, default=None, help="samples for the final metrics")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a preset value, e.g. cmt.eps_tr=0.3 or generator.hidden=128 (repeatable)")
-    p.add_argument("--max-minutes", type=float, default=None, help="stop training after this wall time")
+    p.add_argument("--max-minutes", type=positive_float, default=None, help="stop training after this wall time")
     p.add_argument("--no-evaluate", action="store_true", help="skip the final evaluation (run openmm-cmt evaluate)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
 
 
 def run(args) -> int:
+    from openmm_cmt.run_lock import LOCK_FILE, hold_run_lock
+
+    name = os.path.splitext(os.path.basename(args.system.rstrip("/")))[0]
+    out = args.out or os.path.join("runs", f"{name}-{args.preset or 'laptop'}")
+    existed = os.path.isdir(out)
+    with hold_run_lock(out):  # creates --out; the lock file is the test write
+        try:
+            _probe_write(out)
+            return _train(args, out)
+        except BaseException:
+            if not existed and set(os.listdir(out)) <= {LOCK_FILE}:
+                shutil.rmtree(out, ignore_errors=True)  # leave no empty run folder behind
+            raise
+
+
+def _probe_write(folder: str) -> None:
+    """Write, flush and remove a small file, so that a read-only or full --out fails now."""
+    path = os.path.join(folder, f".write-test-{os.getpid()}")
+    try:
+        with open(path, "wb") as f:
+            f.write(b"\0" * 65536)
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+
+
+def _train(args, out: str) -> int:
     from openmm_cmt.evaluation import evaluate
     from openmm_cmt.presets import preset
-    from openmm_cmt.sampler import CHECKPOINT, BoltzmannGeneratorSampler
+    from openmm_cmt.sampler import CHECKPOINT, BoltzmannGeneratorSampler, RunSaveError
 
-    name = os.path.splitext(os.path.basename(args.system))[0]
-    out = args.out or os.path.join("runs", f"{name}-{args.preset}")
-    has_checkpoint = os.path.exists(os.path.join(out, CHECKPOINT))
+    from openmm_cmt.checkpoint import CURRENT
+
+    has_checkpoint = any(os.path.exists(os.path.join(out, name)) for name in (CHECKPOINT, CURRENT))
     if args.resume:
         if not has_checkpoint:
             raise CheckpointError(f"--resume: no checkpoint in {out}")
-        sampler = BoltzmannGeneratorSampler.load(out, device=None if args.device == "auto" else args.device)
-        print(f"resuming {out} at annealing step {len(sampler.history)}")
+        given = [n for n in NEW_RUN_OPTIONS if getattr(args, n) not in (None, [])]
+        if given:
+            flags = ", ".join("--" + n.replace("_", "-") for n in given)
+            raise ValueError(f"--resume continues the run stored in {out} with its own settings; it cannot apply "
+                             f"{flags} (start a new run with another --out for them)")
+        sampler = BoltzmannGeneratorSampler.load(out, device=None if args.device == "auto" else args.device,
+                                                 trust_run=args.trust_run)
+        if not os.path.isdir(args.system) and name_of(args.system) != sampler.molsys.name:
+            raise ValueError(f"{out} holds a run of {sampler.molsys.name!r}, not of {args.system!r}")
+        steps = sampler.config.cmt_config().n_steps if args.steps is None else args.steps
+        if steps <= len(sampler.history):
+            print(f"{out} has done its {len(sampler.history)} annealing steps; nothing to train (--steps N trains on)")
+        applied = [f"--steps {args.steps}"] if args.steps is not None else []
+        if args.eval_samples is not None:
+            sampler.config.eval_samples = args.eval_samples
+            applied.append(f"--eval-samples {args.eval_samples}")
+        print(f"resuming {out} at annealing step {len(sampler.history)} of {steps}"
+              + (f" (applying {', '.join(applied)})" if applied else ""))
     else:
         if has_checkpoint:
             raise ValueError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        overrides = dict(device=args.device, energy=args.energy)
+        overrides = dict(device=args.device, energy=args.energy or "auto")
         cmt, gen = {}, {}
         if args.steps is not None:
             cmt["n_steps"] = args.steps
@@ -60,7 +117,7 @@ def run(args) -> int:
                 gen[key] = value
             else:
                 overrides[key] = value
-        config = preset(args.preset, cmt=cmt, generator=gen, **overrides)
+        config = preset(args.preset or "laptop", cmt=cmt, generator=gen, **overrides)
         sampler = BoltzmannGeneratorSampler(system_from_args(args), config)
     n_params = sum(p.numel() for p in sampler.generator.parameters())
     print(f"{sampler.molsys.name}: {sampler.molsys.n_atoms} atoms, d={sampler.molsys.dim}, "
@@ -71,7 +128,10 @@ def run(args) -> int:
 
         deadline = time.perf_counter() + 60.0 * args.max_minutes
         callbacks.append(lambda _sampler, _record: time.perf_counter() > deadline)
-    sampler.train(n_steps=args.steps, checkpoint_dir=out, progress=not args.quiet, callbacks=callbacks)
+    try:
+        sampler.train(n_steps=args.steps, checkpoint_dir=out, progress=not args.quiet, callbacks=callbacks)
+    except RunSaveError as err:
+        raise CheckpointError(f"{err}{_rescue(sampler)}") from err
     print(f"training: {sampler.n_evaluations:.3g} target evaluations, {sampler.trainer.wall_s:.0f} s")
     if args.no_evaluate:
         print(f"run saved in {out}; evaluate with: openmm-cmt evaluate {out}")
@@ -81,6 +141,26 @@ def run(args) -> int:
         print(f"report: {os.path.join(out, 'report.html')}")
     sampler.close()
     return 0
+
+
+def name_of(system_arg: str) -> str:
+    """The name a SYSTEM argument gives its MolecularSystem (a PDB file's stem)."""
+    base, sep, potential = system_arg.rpartition(":")
+    if sep and base:
+        return name_of(base) + ":" + potential
+    return os.path.splitext(os.path.basename(system_arg))[0] if system_arg.lower().endswith(".pdb") else system_arg
+
+
+def _rescue(sampler) -> str:
+    """Save the trained state to a fresh temporary folder; a note saying where, or why not."""
+    import tempfile
+
+    try:
+        folder = tempfile.mkdtemp(prefix="openmm-cmt-rescue-")
+        sampler.save(folder)
+    except OSError as err:
+        return f"; saving it to a temporary folder failed too ({err})"
+    return f"; it was saved to {folder} instead (resume with --out {folder} --resume)"
 
 
 def _parse_setting(item: str):

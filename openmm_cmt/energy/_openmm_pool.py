@@ -1,13 +1,20 @@
 """Parent side of the OpenMMEnergy pool: worker processes fed through shared memory.
 
+Workers are fresh interpreters (``python -c WORKER_CODE``, see ``_pool_worker``) joined
+to the parent by a socket pair; they never import the parent's ``__main__``, so a pool
+starts the same from a guarded or unguarded script, a notebook or an interactive
+session. (Where descriptors cannot be passed on, i.e. on Windows, multiprocessing's
+'spawn' is used instead, which needs the usual main guard.)
+
 Each worker owns one input block ([capacity, n_atoms, 3] float64 positions) and one
 output block (capacity energies followed by [capacity, n_atoms, 3] forces). A batch is
 cut into chunks of at most ``capacity`` rows; an idle worker receives the next chunk as
-one ("run", n, forces) message. The parent waits on every worker's pipe *and* process
-sentinel, so a worker that dies (killed, segfault) is noticed at once; one that stops
-answering is killed at its deadline. Either way it is restarted and its chunk recomputed.
-A chunk that fails twice is split in halves, so a single conformation that crashes
-OpenMM ends up alone and gets +inf instead of taking the pool down.
+one ("run", n, forces) message. The parent waits on every worker's socket, which reaches
+end-of-file when the worker dies (killed, segfault), so a death is noticed at once. A busy
+worker reports at least every two seconds; one silent for ``hang_timeout`` seconds
+(stopped, deadlocked) is killed with a warning. Either way it is restarted and its chunk
+recomputed. A chunk that fails twice is split in halves, so a single conformation that
+crashes OpenMM ends up alone and gets +inf instead of taking the pool down.
 """
 
 from __future__ import annotations
@@ -16,14 +23,80 @@ import collections
 import math
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.spawn
+import os
+import pickle
+import subprocess
+import sys
+import threading
 import time
+import warnings
 from multiprocessing import shared_memory
 
 import numpy as np
 
 from openmm_cmt.energy import _pool_worker
 
-_START_METHOD = "spawn"  # fork after torch/OpenMM have started threads is unsafe
+_START_METHOD = "spawn"  # Windows only; fork after torch/OpenMM have started threads is unsafe
+#: Seconds a busy worker may stay silent before it is replaced (``hang_timeout``).
+HANG_TIMEOUT = 30.0
+#: The package's parent folder: workers import openmm_cmt from where the parent did.
+_PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class _Process:
+    """A worker interpreter started with subprocess, with the few methods of
+    multiprocessing.Process the pool uses."""
+
+    def __init__(self, popen: subprocess.Popen):
+        self.popen = popen
+        self.pid = popen.pid
+
+    def is_alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill(self) -> None:
+        try:
+            self.popen.kill()
+        except ProcessLookupError:
+            pass
+
+    def join(self, timeout=None) -> None:
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+
+    @property
+    def exitcode(self):
+        return self.popen.poll()
+
+
+def _start_interpreter(init: dict):
+    """A fresh interpreter running the worker, and the parent's end of its socket."""
+    parent_conn, child_conn = multiprocessing.Pipe(duplex=True)  # a socket pair on POSIX
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    executable = multiprocessing.spawn.get_executable() or sys.executable
+    try:
+        popen = subprocess.Popen(
+            [executable, "-c", _pool_worker.WORKER_CODE, str(child_conn.fileno())],
+            pass_fds=(child_conn.fileno(),), stdin=subprocess.DEVNULL, env=env,
+        )
+    finally:
+        child_conn.close()  # only the worker holds its end: EOF reaches each side when the other goes
+    message = ("init", init, list(sys.path))
+
+    def send():
+        try:
+            parent_conn.send(message)
+        except OSError:
+            pass  # it died at once; its end-of-file reports that
+
+    # A large System fills the socket's buffer before the worker reads it; the pool must
+    # not block on a worker that never starts (its start deadline handles that).
+    threading.Thread(target=send, name="openmm-cmt-worker-init", daemon=True).start()
+    return _Process(popen), parent_conn
 
 
 class WorkerError(RuntimeError):
@@ -115,9 +188,14 @@ class WorkerPool:
         positions: a valid conformation [n_atoms, 3] (nm); each worker times one
             evaluation of it at start-up, which also proves its Context works.
         start_timeout: seconds a worker may take to start (import, Context creation).
+        hang_timeout: seconds a busy worker may stay silent before it is killed and
+            replaced with a RuntimeWarning (plus three times its time per evaluation).
+            Between conformations a busy worker reports when ``min(2, hang_timeout / 10)``
+            seconds have passed since its last report.
     """
 
-    def __init__(self, system_spec, platform, properties, n_workers, capacity, n_atoms, positions, start_timeout=120.0):
+    def __init__(self, system_spec, platform, properties, n_workers, capacity, n_atoms, positions, start_timeout=120.0,
+                 hang_timeout=HANG_TIMEOUT):
         import weakref
 
         if isinstance(properties, (list, tuple)):
@@ -131,6 +209,10 @@ class WorkerPool:
         self.n_atoms = int(n_atoms)
         self._positions = np.asarray(positions, dtype=np.float64)
         self._start_timeout = float(start_timeout)
+        if not hang_timeout > 0:
+            raise ValueError(f"hang_timeout must be positive (seconds), got {hang_timeout!r}")
+        self._hang_timeout = float(hang_timeout)
+        self._heartbeat = min(2.0, self._hang_timeout / 10.0)
         self._mp = multiprocessing.get_context(_START_METHOD)
         self._resources = _Resources()
         self._finalizer = weakref.finalize(self, self._resources.release)
@@ -162,18 +244,20 @@ class WorkerPool:
 
     def _spawn(self, w: _Worker) -> None:
         system_spec, platform = self._args
-        properties = self._properties[w.index]
-        parent_conn, child_conn = self._mp.Pipe(duplex=True)
-        w.process = self._mp.Process(
-            target=_pool_worker.worker_main,
-            args=(child_conn, system_spec, platform, properties, w.in_block.name, w.out_block.name,
-                  self.capacity, self.n_atoms, self._positions),
-            name=f"openmm-cmt-energy-{w.index}",
-            daemon=True,
-        )
-        w.process.start()
-        child_conn.close()  # only the worker holds its end: EOF reaches it when we go
-        w.conn = parent_conn
+        init = dict(system_spec=system_spec, platform=platform, properties=self._properties[w.index],
+                    in_name=w.in_block.name, out_name=w.out_block.name, capacity=self.capacity,
+                    n_atoms=self.n_atoms, positions=self._positions, heartbeat=self._heartbeat)
+        if os.name == "posix":
+            if not isinstance(system_spec, str):
+                init["system_spec"] = pickle.dumps(system_spec)  # unpickled where errors are reported
+            w.process, w.conn = _start_interpreter(init)
+        else:
+            parent_conn, child_conn = self._mp.Pipe(duplex=True)
+            w.process = self._mp.Process(target=_pool_worker.worker_main, args=(child_conn,), kwargs=init,
+                                         name=f"openmm-cmt-energy-{w.index}", daemon=True)
+            w.process.start()
+            child_conn.close()
+            w.conn = parent_conn
         w.state = "starting"
         w.deadline = time.monotonic() + self._start_timeout
 
@@ -195,7 +279,8 @@ class WorkerPool:
         if not waiting:
             return
         timeout = max(0.0, min(w.deadline for w in waiting) - time.monotonic())
-        handles = [w.conn for w in waiting] + [w.process.sentinel for w in waiting]
+        handles = [w.conn for w in waiting]
+        handles += [w.process.sentinel for w in waiting if hasattr(w.process, "sentinel")]  # spawn only
         multiprocessing.connection.wait(handles, timeout=min(timeout, 5.0))
 
     def _receive(self, w: _Worker):
@@ -212,6 +297,8 @@ class WorkerPool:
         else:
             if w.process.is_alive():
                 if time.monotonic() > w.deadline:
+                    if w.state == "busy":
+                        return None, f"no sign of life for {self._hang_timeout:g} s (stopped or hung)"
                     return None, f"no answer within its deadline ({w.state})"
                 return None, None
         w.process.join(1.0)
@@ -255,7 +342,9 @@ class WorkerPool:
                         continue
                     message, reason = self._receive(w)
                     if message is not None:
-                        if message[0] == "ready" and w.state == "starting":
+                        if message[0] == "alive" and w.state == "busy":
+                            w.deadline = self._busy_deadline(w)
+                        elif message[0] == "ready" and w.state == "starting":
                             w.state, w.seconds_per_evaluation = "idle", float(message[1])
                         elif message[0] == "done" and w.state == "busy":
                             start, stop, _ = w.chunk
@@ -286,17 +375,25 @@ class WorkerPool:
         start, stop, _ = chunk
         w.x_in[: stop - start] = x[start:stop]
         w.chunk, w.state = chunk, "busy"
-        # Generous deadline: 100x the measured time per evaluation, plus a minute.
-        w.deadline = time.monotonic() + 60.0 + 100.0 * (stop - start) * (w.seconds_per_evaluation or 1.0)
+        w.deadline = self._busy_deadline(w)
         try:
             w.conn.send(("run", stop - start, bool(forces)))
         except (BrokenPipeError, OSError):
             pass  # the sentinel reports the death; the chunk is recovered there
 
+    def _busy_deadline(self, w: _Worker) -> float:
+        """When a busy worker that has just been heard from counts as hung: after
+        ``hang_timeout`` s of silence, more when one evaluation takes longer."""
+        return time.monotonic() + self._hang_timeout + 3.0 * (w.seconds_per_evaluation or 0.0)
+
     def _recover(self, w: _Worker, reason: str, pending, energies, max_restarts: int) -> None:
         """Restart a failed worker and put its chunk back (split after a second failure)."""
         was_starting = w.state == "starting"
         chunk = w.chunk
+        if w.state == "busy" and "no sign of life" in reason:
+            pid = getattr(w.process, "pid", "?")
+            warnings.warn(f"OpenMM worker {w.index} (pid {pid}) gave {reason}; replacing it and recomputing its "
+                          "conformations", RuntimeWarning, stacklevel=4)
         w.stop(graceful=False)
         self.n_restarts += 1
         if self.n_restarts > max_restarts:

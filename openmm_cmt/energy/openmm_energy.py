@@ -1,10 +1,10 @@
 """Exact OpenMM energies of batches, one Context evaluation per conformation.
 
 OpenMM returns one energy per Context call (force groups, CustomCVForce and
-TorchForce cannot split a replicated System into per-copy energies, see NOTES section
-3), so a batch is spread over a pool of worker processes, each holding one Context.
-Batches travel in chunks through shared memory; the pipes carry only control
-messages. This is the engine of record: every other engine is checked against it.
+TorchForce cannot split a replicated System into per-copy energies; OpenMM issue 2535),
+so a batch is spread over a pool of worker processes, each holding one Context. The
+workers are fresh interpreters that never import the caller's ``__main__``. Batches
+travel in chunks through shared memory; the sockets carry only control messages. This is the engine of record: every other engine is checked against it.
 """
 
 from __future__ import annotations
@@ -57,6 +57,21 @@ def _gpu_count(platform: str) -> int:
     return 1
 
 
+def _refers_to_main(data: bytes) -> bool:
+    """Whether a pickle names an object of ``__main__`` (it would not unpickle elsewhere)."""
+    import pickletools
+
+    strings = []
+    for op, arg, _ in pickletools.genops(data):
+        if op.name in ("GLOBAL", "INST") and str(arg).split()[0] == "__main__":
+            return True
+        if op.name == "STACK_GLOBAL" and len(strings) >= 2 and strings[-2] == "__main__":
+            return True
+        if isinstance(arg, str):
+            strings.append(arg)
+    return False
+
+
 class OpenMMEnergy(EnergyEngine):
     """Potential energies (and forces) from OpenMM, one exact evaluation per conformation.
 
@@ -81,12 +96,15 @@ class OpenMMEnergy(EnergyEngine):
         properties: OpenMM platform properties overriding the defaults (CPU:
             Threads=1 per Context; CUDA/OpenCL: Precision=mixed).
         measure_seconds: timing per platform for ``platform="auto"``.
+        hang_timeout: seconds a busy worker may stay silent (stopped, deadlocked)
+            before it is replaced, with a RuntimeWarning (default 30).
 
     Non-finite positions, and conformations for which OpenMM raises or returns NaN,
     get +inf energy and zero forces (counted in ``n_nonfinite``). A worker that dies
     or hangs is restarted and its chunk recomputed (``n_restarts`` counts them).
-    Scripts that create a pool need the ``if __name__ == "__main__":`` guard, as every
-    'spawn' multiprocessing program does.
+    Workers are fresh interpreters that never import the caller's ``__main__``: scripts
+    need no ``if __name__ == "__main__":`` guard, and notebooks work. A
+    ``system_factory`` must therefore live in an importable module, not in ``__main__``.
     """
 
     def __init__(
@@ -98,6 +116,7 @@ class OpenMMEnergy(EnergyEngine):
         chunk_size: int | None = None,
         properties: dict | None = None,
         measure_seconds: float = 0.2,
+        hang_timeout: float = 30.0,
     ):
         for attr in ("system", "positions", "kT"):
             if not hasattr(molsys, attr):
@@ -144,7 +163,7 @@ class OpenMMEnergy(EnergyEngine):
             row_bytes = 8 * (1 + 3 * self.n_atoms)
             capacity = chunk_size or max(1, min(_MAX_AUTO_CHUNK, _BLOCK_BYTES // row_bytes))
             self._pool = WorkerPool(system_spec, self.platform, self._worker_properties(), self.n_workers,
-                                    capacity, self.n_atoms, self.positions)
+                                    capacity, self.n_atoms, self.positions, hang_timeout=hang_timeout)
 
     def _worker_properties(self) -> list[dict]:
         """Per-worker platform properties: on several GPUs, worker i uses device i mod count."""
@@ -163,11 +182,16 @@ class OpenMMEnergy(EnergyEngine):
             if not callable(system_factory):
                 raise TypeError(f"system_factory must be a zero-argument callable, got {system_factory!r}")
             try:
-                pickle.dumps(system_factory)
+                data = pickle.dumps(system_factory)
             except Exception as err:
                 raise TypeError(
                     f"system_factory must be picklable (a module-level function or functools.partial): {err}"
                 ) from err
+            if _refers_to_main(data):
+                raise TypeError(
+                    f"system_factory {system_factory!r} is defined in the __main__ script, which worker processes "
+                    "never import: move it into a module of its own, or pass n_workers=0"
+                )
             return system_factory
         try:
             return openmm.XmlSerializer.serialize(self.system)

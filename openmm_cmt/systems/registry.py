@@ -30,7 +30,8 @@ def get(name: str, **kwargs) -> MolecularSystem:
     return factory(**kwargs)
 
 
-def resolve(spec: str, forcefield_files=None, temperature: float | None = None, implicit_solvent=None) -> MolecularSystem:
+def resolve(spec: str, forcefield_files=None, temperature: float | None = None, implicit_solvent=None,
+            trust_run: bool = False) -> MolecularSystem:
     """A MolecularSystem from a command-line SYSTEM argument.
 
     ``spec`` is a registered name, a path ending in ``.pdb`` (then
@@ -38,13 +39,15 @@ def resolve(spec: str, forcefield_files=None, temperature: float | None = None, 
     ``system.xml`` (a run folder, or one written by ``openmm_cmt.checkpoint.save_system``).
     A name or PDB path followed by ``:<potential>`` is the same molecule with a pure
     openmm-ml potential (e.g. ``alanine-dipeptide:ani2x``; ``openmm_cmt.systems.ml``).
+    A folder whose System carries serialised Python is refused unless ``trust_run``
+    (``openmm_cmt.checkpoint.load_system``).
     """
     import os
 
     if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "system.xml")):
         from openmm_cmt.checkpoint import load_system
 
-        molsys = load_system(spec)
+        molsys = load_system(spec, trust_run=trust_run)
         if temperature is not None:
             molsys.temperature = float(temperature)
         return molsys
@@ -74,4 +77,5 @@ def add_system_arguments(parser) -> None:
 
 
 def system_from_args(args) -> MolecularSystem:
-    return resolve(args.system, args.forcefield, args.temperature, args.implicit_solvent)
+    return resolve(args.system, args.forcefield, args.temperature, args.implicit_solvent,
+                   trust_run=getattr(args, "trust_run", False))
