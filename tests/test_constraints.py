@@ -388,7 +388,8 @@ def test_hbonds_script_trains_and_hybrid_mc_keeps_the_constraints():
 
 def _from_system(system, topology=None, temperature=300.0):
     molsys = four_site()
-    positions = np.zeros((system.getNumParticles(), 3))
+    # Extra particles sit apart on a line, so that only the check under test can refuse them.
+    positions = 2.0 + 0.3 * np.arange(system.getNumParticles() * 3, dtype=float).reshape(-1, 3)
     positions[:4] = molsys.positions
     return BoltzmannGeneratorSampler.from_system(topology or molsys.topology, system, positions, temperature,
                                                  config=tiny_config())
