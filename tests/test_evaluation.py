@@ -155,3 +155,26 @@ def test_every_residue_of_a_tetrapeptide(tmp_path):
     with pytest.raises(ValueError, match="another System"):
         evaluate(FrameSampler(molsys, frames, energies), tmp_path, n_samples=100, n_draws=1,
                  reference=bundled_reference("alanine-dipeptide"))
+
+
+def test_a_saved_run_matches_the_shipped_reference(aldp, tmp_path):
+    # A run folder stores its System as XML; read back, it must keep the fingerprint
+    # that the shipped reference records, or evaluate would refuse every saved run.
+    from openmm_cmt.checkpoint import load_system, save_system
+    from openmm_cmt.reference import check_reference, system_fingerprint
+
+    molsys, ref, _ = aldp
+    save_system(molsys, tmp_path)
+    loaded = load_system(tmp_path)
+    assert system_fingerprint(loaded.system) == ref["settings"]["system_fingerprint"]
+    check_reference(ref["settings"], loaded)
+
+
+def test_phase_plot_handles_histories_with_and_without_timings(tmp_path):
+    from openmm_cmt import report
+
+    assert not report.phase_plot(tmp_path / "a.png", [{"step": 0}, {"step": 1}])
+    assert not report.phase_plot(tmp_path / "a.png", [])
+    mixed = [{"step": 0}] + phase_history(3)  # an older step without timings, then new ones
+    mixed[-1]["phase_s"]["compile"] = 3.0  # a phase the plot does not know is still drawn
+    assert report.phase_plot(tmp_path / "b.png", mixed) and (tmp_path / "b.png").stat().st_size > 1000
