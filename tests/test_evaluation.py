@@ -178,3 +178,26 @@ def test_phase_plot_handles_histories_with_and_without_timings(tmp_path):
     mixed = [{"step": 0}] + phase_history(3)  # an older step without timings, then new ones
     mixed[-1]["phase_s"]["compile"] = 3.0  # a phase the plot does not know is still drawn
     assert report.phase_plot(tmp_path / "b.png", mixed) and (tmp_path / "b.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name, labels", [
+    ("alanine-dipeptide", ["ALA2"]),
+    ("alanine-hexapeptide", ["ALA2", "ALA3", "ALA4", "ALA5", "ALA6"]),
+    ("elil", ["LEU2", "ILE3"]),  # charged termini: the end residues lack phi or psi
+])
+def test_per_residue_phi_psi_of_registered_peptides_match_mdtraj(name, labels):
+    import mdtraj
+
+    molsys = systems.get(name)
+    assert metrics.backbone_residue_labels(molsys.topology) == labels
+    x = molsys.positions[None] + 0.02 * np.random.default_rng(0).standard_normal((5, molsys.n_atoms, 3))
+    angles = metrics.phi_psi(x, molsys.topology, per_residue=True)
+    assert angles.shape == (5, len(labels), 2)
+    traj = mdtraj.Trajectory(x, mdtraj.Topology.from_openmm(molsys.topology))
+    phi_idx, phi = mdtraj.compute_phi(traj)
+    psi_idx, psi = mdtraj.compute_psi(traj)
+    # mdtraj lists every phi and psi; keep those of residues that have both
+    res_of = {int(q[2]): i for i, q in enumerate(phi_idx)}  # CA of phi
+    both = [(res_of[int(q[1])], j) for j, q in enumerate(psi_idx) if int(q[1]) in res_of]
+    expected = np.stack([np.stack([phi[:, i], psi[:, j]], -1) for i, j in both], 1)
+    np.testing.assert_allclose(angles, expected, atol=1e-5)

@@ -4,8 +4,9 @@ Dihedrals follow the IUPAC convention (as mdtraj and OpenMM): for atoms p0..p3 w
 :math:`b_1 = p_1 - p_0`, :math:`b_2 = p_2 - p_1`, :math:`b_3 = p_3 - p_2`,
 :math:`\phi = \mathrm{atan2}(|b_2|\, b_1\cdot(b_2\times b_3), (b_1\times b_2)\cdot(b_2\times b_3))`,
 mapped to :math:`(-\pi, \pi]`. Ramachandran distances compare normalised 2-D
-histograms on :math:`(-\pi, \pi]^2` (TA-BG and CMT use 100 bins per axis); see NOTES
-section 2 for their sampling noise, and report the returned sample sizes with them.
+histograms on :math:`(-\pi, \pi]^2` (TA-BG and CMT use 100 bins per axis). Their sampling
+noise grows with bins / ESS (a 100 x 100 TV between two sets of 25k independent frames
+is about 0.15), so report the returned sample sizes with them.
 """
 
 from __future__ import annotations
