@@ -217,7 +217,9 @@ def energy_plot(path, energies, log_weights=None, reference=None, unit="kJ/mol")
     ax.hist(energies[finite], bins=edges, density=True, histtype="step", label="flow samples")
     if log_weights is not None:
         w = np.exp(log_weights[finite] - np.max(log_weights[finite]))
-        ax.hist(energies[finite], bins=edges, weights=w, density=True, histtype="step", label="reweighted")
+        shown = (energies[finite] >= lo) & (energies[finite] <= hi)
+        if w[shown].sum() > 0:  # the reweighted mass may all lie beyond the plotted range
+            ax.hist(energies[finite], bins=edges, weights=w, density=True, histtype="step", label="reweighted")
     if reference is not None:
         ax.hist(reference, bins=edges, density=True, histtype="step", label="reference")
     ax.set_xlabel(f"energy / {unit}")
