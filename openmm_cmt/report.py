@@ -156,11 +156,13 @@ def weights_plot(path, log_weights, angles=None, labels=None, n_top=20):
     n_res = 0 if gen is None else gen.shape[1]
     fig, axes = plt.subplots(1, 1 + n_res, figsize=(4.6 * (1 + n_res), 4), squeeze=False)
     ax = axes[0, 0]
-    ax.hist(log10_w, bins=100, histtype="stepfilled", alpha=0.6)
+    # Clashes give weights hundreds of decades down: show the upper range, the rest in the first bin.
+    lo = max(np.quantile(log10_w, 0.001), log10_w.max() - 30.0)
+    ax.hist(np.clip(log10_w, lo, None), bins=100, range=(lo, log10_w.max()), histtype="stepfilled", alpha=0.6)
     for t in top:
         ax.axvline(log10_w[t], color="r", lw=0.6)
     ax.set_yscale("log")
-    ax.set_xlabel("log10 normalised weight")
+    ax.set_xlabel(f"log10 normalised weight (below {lo:.3g} in the first bin)")
     ax.set_ylabel("samples")
     ax.set_title(f"largest weight {100 * 10 ** log10_w[top[0]]:.2g} % of the total; top {len(top)} in red", fontsize=9)
     edges = np.linspace(-np.pi, np.pi, 61)
