@@ -201,3 +201,14 @@ def test_per_residue_phi_psi_of_registered_peptides_match_mdtraj(name, labels):
     both = [(res_of[int(q[1])], j) for j, q in enumerate(psi_idx) if int(q[1]) in res_of]
     expected = np.stack([np.stack([phi[:, i], psi[:, j]], -1) for i, j in both], 1)
     np.testing.assert_allclose(angles, expected, atol=1e-5)
+
+
+def test_weights_plot_survives_clashes_and_zero_weights(tmp_path):
+    from openmm_cmt import report
+
+    rng = np.random.default_rng(0)
+    log_w = rng.standard_normal(5000)
+    log_w[:2] = [-1e23, -np.inf]  # a clash, and a non-finite energy
+    angles = rng.uniform(-np.pi, np.pi, (5000, 2, 2))
+    assert report.weights_plot(tmp_path / "w.png", log_w, angles, ["LEU2", "ILE3"])
+    assert (tmp_path / "w.png").stat().st_size > 1000
