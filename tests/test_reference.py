@@ -279,6 +279,11 @@ def test_reference_cli_writes_a_valid_file(aldp, tmp_path):
     assert len(diag["swap_acceptance"]) == 2 and all(0.0 <= a <= 1.0 for a in diag["swap_acceptance"])
     assert diag["ram_tv_split_half"]["bins"] == 100 and diag["ram_tv_split_half"]["n_first"] == n_frames // 2
     assert settings["temperatures"] == [300.0, 400.0, 550.0] and settings["n_ladders"] == 2
+    # what evaluate checks: the System the frames come from and their temperature
+    from openmm_cmt.reference import check_reference, system_fingerprint
+
+    assert settings["system_fingerprint"] == system_fingerprint(aldp.system) and settings["temperature_K"] == 300.0
+    check_reference(settings, aldp)
     assert json.loads(json.dumps(diag)) == diag
     # the stored energies are those of the stored frames (independent OpenMM evaluation)
     for k in (0, n_frames - 1):

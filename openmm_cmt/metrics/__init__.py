@@ -1,5 +1,15 @@
-"""Metrics of a Boltzmann generator: ESS, EUBO, NLL, Ramachandran and energy distances."""
+"""Metrics of a Boltzmann generator: ESS, Pareto k, EUBO, NLL, basin populations,
+Ramachandran and energy distances."""
 
+from openmm_cmt.metrics.basins import (
+    BASINS,
+    BasinPopulation,
+    basin_index,
+    basin_populations,
+    mode_collapse,
+    population_bounds,
+    weighted_mean,
+)
 from openmm_cmt.metrics.divergences import (
     SampleDistance,
     energy_histogram_distance,
@@ -8,7 +18,9 @@ from openmm_cmt.metrics.divergences import (
     wasserstein_1d,
 )
 from openmm_cmt.metrics.ess import clip_log_weights, eubo, forward_ess, log_z_estimate, nll, reverse_ess
+from openmm_cmt.metrics.pareto import ParetoTail, gpd_fit, pareto_k_reading, pareto_khat
 from openmm_cmt.metrics.ramachandran import (
+    backbone_residue_labels,
     backbone_dihedral_indices,
     dihedrals,
     phi_psi,
@@ -18,6 +30,18 @@ from openmm_cmt.metrics.ramachandran import (
 )
 
 __all__ = [
+    "BASINS",
+    "BasinPopulation",
+    "ParetoTail",
+    "backbone_residue_labels",
+    "basin_index",
+    "basin_populations",
+    "gpd_fit",
+    "mode_collapse",
+    "pareto_k_reading",
+    "pareto_khat",
+    "population_bounds",
+    "weighted_mean",
     "SampleDistance",
     "backbone_dihedral_indices",
     "clip_log_weights",

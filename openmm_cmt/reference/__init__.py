@@ -7,6 +7,7 @@ from openmm_cmt.reference.integrator import (
     per_copy_langevin_integrator,
     set_copy_temperatures,
 )
+from openmm_cmt.reference.metadata import check_reference, reference_metadata, system_fingerprint
 from openmm_cmt.reference.replica_exchange import ReferenceSamples, ReplicaExchange, load_reference
 from openmm_cmt.reference.replicate import grid_offsets, obc_as_custom_gb, replicate_system
 from openmm_cmt.reference.replicated_context import ReplicatedContext
@@ -17,6 +18,7 @@ __all__ = [
     "ReplicaExchange",
     "ReplicatedContext",
     "bundled_reference",
+    "check_reference",
     "copy_velocities",
     "geometric_temperatures",
     "grid_offsets",
@@ -24,6 +26,8 @@ __all__ = [
     "load_reference",
     "obc_as_custom_gb",
     "per_copy_langevin_integrator",
+    "reference_metadata",
     "replicate_system",
     "set_copy_temperatures",
+    "system_fingerprint",
 ]

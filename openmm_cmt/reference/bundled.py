@@ -4,6 +4,9 @@
 (300 ladders x 16 temperatures, 300-1200 K, 20 ps equilibration + 202.5 ps, seed 11;
 BENCHMARKS.md). Short of full convergence (3.7 % of replicas made a round trip): the
 phi > 0 fraction 0.31 % +- 0.05 % carries the spread between ladders as its error.
+Its System fingerprint and temperature (300 K) were added to the file's settings
+afterwards, frames unchanged: the registered System's float64 energies of all frames
+match the stored ones to 1e-12 kJ/mol.
 """
 
 from __future__ import annotations

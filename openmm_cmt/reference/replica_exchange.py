@@ -25,6 +25,7 @@ from openmm import unit
 from openmm_cmt.energy.base import EnergyEngine
 from openmm_cmt.reference._ramachandran import backbone_dihedrals, split_tv
 from openmm_cmt.reference.integrator import copy_velocities, per_copy_langevin_integrator, set_copy_temperatures
+from openmm_cmt.reference.metadata import reference_metadata
 from openmm_cmt.reference.replicated_context import ReplicatedContext
 from openmm_cmt.reference.swaps import RoundTripCounter, attempt_swaps, states_of_replicas
 
@@ -251,6 +252,7 @@ class ReplicaExchange:
             "platform": self.replicas.platform_name,
             "energy_engine": type(self.energy).__name__,
             "seed": seed,
+            **reference_metadata(molsys.system, t[0]),  # frames are kept at the lowest temperature
         }
 
     def close(self) -> None:

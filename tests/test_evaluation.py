@@ -1,0 +1,214 @@
+"""evaluate() end to end on generators whose samples are known: reference frames drawn
+with or without a basin, and a peptide with several residues."""
+
+import copy
+import json
+import os
+
+import numpy as np
+import pytest
+
+from openmm_cmt import metrics, systems
+from openmm_cmt.evaluation import evaluate, summary_lines
+from openmm_cmt.reference import ReferenceSamples, bundled_reference, load_reference, reference_metadata
+from openmm_cmt.sampler import Samples
+
+
+class FrameSampler:
+    """A generator that draws stored frames: exact Boltzmann samples (constant weights)
+    when the frames are a reference and ``keep`` selects all of them."""
+
+    def __init__(self, molsys, frames, energies, keep=None, seed=0, history=()):
+        self.molsys = molsys
+        self.frames = np.asarray(frames, dtype=np.float64)
+        self.energies = np.asarray(energies, dtype=np.float64)
+        self.pool = np.flatnonzero(np.ones(len(frames), bool) if keep is None else keep)
+        self.rng = np.random.default_rng(seed)
+        self.history = list(history)
+        self.n_evaluations = 0
+        self.trainer = None
+
+    def sample(self, n):
+        idx = self.rng.choice(self.pool, n)
+        e = self.energies[idx]
+        log_q = -e / self.molsys.kT - 3.0  # q proportional to the Boltzmann density
+        return Samples(self.frames[idx], -e / self.molsys.kT - log_q, log_q, e)
+
+    def log_prob(self, x):
+        return np.zeros(len(x))
+
+
+@pytest.fixture(scope="module")
+def aldp():
+    molsys = systems.get("alanine-dipeptide")
+    ref = load_reference(bundled_reference("alanine-dipeptide"))
+    basin = metrics.basin_index(ref["phi"][:, 0], ref["psi"][:, 0])
+    return molsys, ref, basin
+
+
+def phase_history(n):
+    return [{"step": i, "reverse_ess": 0.1 * i, "evaluations": 1000 * (i + 1), "wall_s": 2.0 * (i + 1),
+             "phase_s": {"sample": 0.5, "energy": 0.2, "dual": 0.01, "buffer": 0.05, "fit": 1.0, "checkpoint": 0.1}}
+            for i in range(n)]
+
+
+def test_good_generator_is_not_flagged_and_report_is_complete(aldp, tmp_path):
+    molsys, ref, _ = aldp
+    sampler = FrameSampler(molsys, ref["frames"], ref["energies"], history=phase_history(4))
+    m = evaluate(sampler, tmp_path, n_samples=4000, n_draws=3)
+    assert m["mode_collapse"] is False and m["mode_collapse_basins"] == []
+    assert m["n_draws"] == 3 and m["draw_size"] == 4000 and m["n_samples"] == 12_000
+    assert len(m["reverse_ess_draws"]) == 3 and m["reverse_ess"] == pytest.approx(1.0)
+    assert m["reverse_ess_min"] <= m["reverse_ess"] <= m["reverse_ess_max"]
+    assert m["pareto_k_reading"] == "good" and len(m["pareto_k_draws"]) == 3
+    (res,) = m["residues"]
+    assert res["residue"] == "ALA2"
+    for basin in metrics.BASINS:
+        b = res["basins"][basin]
+        # resampled reference frames: populations agree within the binomial error
+        sd = np.sqrt(b["reference"] * (1 - b["reference"]) / 12_000) + 3 * b["reference_stderr"]
+        assert abs(b["population"] - b["reference"]) < 4 * sd + 1e-12
+        assert b["lower95"] <= b["population"] <= b["upper95"]
+    assert sum(res["basins"][b]["population"] for b in metrics.BASINS) == pytest.approx(1.0)
+    # phi > 0 population and mean energy: estimate over all draws, delta error, spread over draws
+    for name in ("phi_positive_fraction", "mean_energy"):
+        assert len(m[name + "_draws"]) == 3 and m[name + "_draw_spread"] >= 0 and m[name + "_draw_stderr"] > 0
+    assert m["phi_positive_fraction"] == pytest.approx(res["basins"]["alpha_L/C7ax"]["population"])
+    on_disk = json.loads((tmp_path / "metrics.json").read_text())
+    assert on_disk["mode_collapse"] is False and on_disk["reverse_ess_draws"] == m["reverse_ess_draws"]
+    page = (tmp_path / "report.html").read_text()
+    for image in ("ess.png", "weights.png", "ramachandran.png", "energy.png", "phases.png"):
+        assert (tmp_path / image).stat().st_size > 1000 and image in page
+    assert "alpha_L/C7ax" in page and "Backbone basins" in page
+    assert any("mode collapse: no" in line for line in summary_lines(m))
+
+
+def test_collapsed_generator_is_flagged(aldp, tmp_path):
+    molsys, ref, basin = aldp
+    # never visits alpha_R (12 % of the reference) yet claims Boltzmann weights elsewhere
+    sampler = FrameSampler(molsys, ref["frames"], ref["energies"], keep=basin != 0)
+    m = evaluate(sampler, tmp_path, n_samples=3000, n_draws=2, plots=False)
+    assert m["mode_collapse"] is True
+    assert [(c["residue"], c["basin"], c["n_samples"]) for c in m["mode_collapse_basins"]] == [("ALA2", "alpha_R", 0)]
+    empty = m["residues"][0]["basins"]["alpha_R"]
+    assert empty["population"] == 0 and empty["upper95"] == pytest.approx(1 - 0.05 ** (1 / 6000))
+    assert any("YES (ALA2 alpha_R)" in line for line in summary_lines(m))
+    assert not os.path.exists(tmp_path / "report.html")
+
+
+def test_reference_of_another_system_or_temperature_is_refused(aldp, tmp_path):
+    molsys, ref, _ = aldp
+    sampler = FrameSampler(molsys, ref["frames"], ref["energies"])
+    warm = copy.copy(molsys)
+    warm.temperature = 310.0
+    with pytest.raises(ValueError, match="300.0 K, but the run targets 310.0 K"):
+        evaluate(FrameSampler(warm, ref["frames"], ref["energies"]), tmp_path, n_samples=100, n_draws=1)
+    # same atoms, one charge changed: another System
+    other = copy.copy(molsys)
+    other.system = copy.deepcopy(molsys.system)
+    nb = next(f for f in other.system.getForces() if f.__class__.__name__ == "NonbondedForce")
+    q, sigma, eps = nb.getParticleParameters(0)
+    nb.setParticleParameters(0, q * 1.01, sigma, eps)
+    with pytest.raises(ValueError, match="another System"):
+        evaluate(FrameSampler(other, ref["frames"], ref["energies"]), tmp_path, n_samples=100, n_draws=1)
+    # a reference that does not say what it was sampled from
+    settings = {k: v for k, v in ref["settings"].items() if k != "system_fingerprint"}
+    old = _write_reference(tmp_path / "old.npz", ref["frames"][:50], ref["energies"][:50], settings)
+    with pytest.raises(ValueError, match="does not record the System"):
+        evaluate(sampler, tmp_path, n_samples=100, n_draws=1, reference=str(old))
+    with pytest.raises(ValueError, match="n_draws"):
+        evaluate(sampler, tmp_path, n_samples=100, n_draws=0)
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def _write_reference(path, frames, energies, settings, phi=None, psi=None):
+    k = 0 if phi is None else phi.shape[1]
+    n = len(frames)
+    ReferenceSamples(
+        frames=np.asarray(frames, np.float32), energies=np.asarray(energies), ladder=np.zeros(n, int),
+        time_ps=np.arange(n, dtype=float), phi=np.zeros((n, 0)) if phi is None else phi,
+        psi=np.zeros((n, 0)) if psi is None else psi, round_trips=np.zeros((1, 1), int),
+        settings=dict(settings, temperatures=[300.0]), diagnostics={},
+    ).save(path)
+    assert k == np.shape(load_reference(path)["phi"])[1]
+    return path
+
+
+def test_every_residue_of_a_tetrapeptide(tmp_path):
+    molsys = systems.get("alanine-tetrapeptide")
+    rng = np.random.default_rng(0)
+    frames = molsys.positions[None] + 0.01 * rng.standard_normal((400, molsys.n_atoms, 3))
+    energies = rng.normal(-100.0, 5.0, 400)
+    settings = dict(system=molsys.name, **reference_metadata(molsys.system, molsys.temperature))
+    path = _write_reference(tmp_path / "ref.npz", frames, energies, settings)  # angles computed from frames
+    m = evaluate(FrameSampler(molsys, frames, energies), tmp_path, n_samples=500, n_draws=2, reference=str(path))
+    assert [r["residue"] for r in m["residues"]] == ["ALA2", "ALA3", "ALA4"]
+    angles = metrics.phi_psi(frames, molsys.topology, per_residue=True)
+    for r, res in enumerate(m["residues"]):
+        truth = np.bincount(metrics.basin_index(angles[:, r, 0], angles[:, r, 1]), minlength=3) / 400
+        assert [res["basins"][b]["reference"] for b in metrics.BASINS] == pytest.approx(truth.tolist())
+        assert 0 <= res["ramachandran_tv"] <= 1
+    assert m["mode_collapse"] is False
+    assert "phi_positive_fraction" not in m  # one figure per residue instead: the alpha_L/C7ax basin
+    assert (tmp_path / "ramachandran.png").is_file()
+    # the alanine dipeptide reference belongs to another System
+    with pytest.raises(ValueError, match="another System"):
+        evaluate(FrameSampler(molsys, frames, energies), tmp_path, n_samples=100, n_draws=1,
+                 reference=bundled_reference("alanine-dipeptide"))
+
+
+def test_a_saved_run_matches_the_shipped_reference(aldp, tmp_path):
+    # A run folder stores its System as XML; read back, it must keep the fingerprint
+    # that the shipped reference records, or evaluate would refuse every saved run.
+    from openmm_cmt.checkpoint import load_system, save_system
+    from openmm_cmt.reference import check_reference, system_fingerprint
+
+    molsys, ref, _ = aldp
+    save_system(molsys, tmp_path)
+    loaded = load_system(tmp_path)
+    assert system_fingerprint(loaded.system) == ref["settings"]["system_fingerprint"]
+    check_reference(ref["settings"], loaded)
+
+
+def test_phase_plot_handles_histories_with_and_without_timings(tmp_path):
+    from openmm_cmt import report
+
+    assert not report.phase_plot(tmp_path / "a.png", [{"step": 0}, {"step": 1}])
+    assert not report.phase_plot(tmp_path / "a.png", [])
+    mixed = [{"step": 0}] + phase_history(3)  # an older step without timings, then new ones
+    mixed[-1]["phase_s"]["compile"] = 3.0  # a phase the plot does not know is still drawn
+    assert report.phase_plot(tmp_path / "b.png", mixed) and (tmp_path / "b.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name, labels", [
+    ("alanine-dipeptide", ["ALA2"]),
+    ("alanine-hexapeptide", ["ALA2", "ALA3", "ALA4", "ALA5", "ALA6"]),
+    ("elil", ["LEU2", "ILE3"]),  # charged termini: the end residues lack phi or psi
+])
+def test_per_residue_phi_psi_of_registered_peptides_match_mdtraj(name, labels):
+    import mdtraj
+
+    molsys = systems.get(name)
+    assert metrics.backbone_residue_labels(molsys.topology) == labels
+    x = molsys.positions[None] + 0.02 * np.random.default_rng(0).standard_normal((5, molsys.n_atoms, 3))
+    angles = metrics.phi_psi(x, molsys.topology, per_residue=True)
+    assert angles.shape == (5, len(labels), 2)
+    traj = mdtraj.Trajectory(x, mdtraj.Topology.from_openmm(molsys.topology))
+    phi_idx, phi = mdtraj.compute_phi(traj)
+    psi_idx, psi = mdtraj.compute_psi(traj)
+    # mdtraj lists every phi and psi; keep those of residues that have both
+    res_of = {int(q[2]): i for i, q in enumerate(phi_idx)}  # CA of phi
+    both = [(res_of[int(q[1])], j) for j, q in enumerate(psi_idx) if int(q[1]) in res_of]
+    expected = np.stack([np.stack([phi[:, i], psi[:, j]], -1) for i, j in both], 1)
+    np.testing.assert_allclose(angles, expected, atol=1e-5)
+
+
+def test_weights_plot_survives_clashes_and_zero_weights(tmp_path):
+    from openmm_cmt import report
+
+    rng = np.random.default_rng(0)
+    log_w = rng.standard_normal(5000)
+    log_w[:2] = [-1e23, -np.inf]  # a clash, and a non-finite energy
+    angles = rng.uniform(-np.pi, np.pi, (5000, 2, 2))
+    assert report.weights_plot(tmp_path / "w.png", log_w, angles, ["LEU2", "ILE3"])
+    assert (tmp_path / "w.png").stat().st_size > 1000
