@@ -676,10 +676,6 @@ def test_single_particle_has_no_pairs():
 def _unsupported_cases():
     periodic_bond = openmm.CustomBondForce("r")
     periodic_bond.setUsesPeriodicBoundaryConditions(True)
-    tabulated = openmm.CustomNonbondedForce("table(r)")
-    tabulated.addTabulatedFunction("table", openmm.Continuous1DFunction([0.0, 1.0, 2.0], 0.0, 1.0))
-    for _ in range(3):
-        tabulated.addParticle([])
     periodic_nb = openmm.CustomNonbondedForce("r")
     periodic_nb.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffPeriodic)
     for _ in range(3):
@@ -689,14 +685,10 @@ def _unsupported_cases():
     periodic_gb.setNonbondedMethod(openmm.CustomGBForce.CutoffPeriodic)
     for _ in range(3):
         periodic_gb.addParticle([])
-    compound_table = openmm.CustomCompoundBondForce(2, "f(distance(p1,p2))")
-    compound_table.addTabulatedFunction("f", openmm.Continuous1DFunction([0.0, 1.0, 2.0], 0.0, 1.0))
     return [
         (periodic_bond, "periodic boundary conditions"),
-        (tabulated, r"tabulated functions are not supported \(table\)"),
         (periodic_nb, "nonbonded method 2"),
         (periodic_gb, "nonbonded method 2"),
-        (compound_table, r"tabulated functions are not supported \(f\)"),
     ]
 
 

@@ -23,8 +23,8 @@ and its Reference platform (``ReferenceCustom*Ixn.cpp``):
   SingleParticle (sum over particles) or pair (sum over pairs i < j, same exclusion
   rules). With CutoffNonPeriodic pairs with r >= r_c contribute nothing.
 
-Unsupported features (periodic boundary conditions, tabulated functions) raise
-``UnsupportedSystemError`` naming them.
+Tabulated functions (``tabulated``) may be called in every expression. Unsupported
+features (periodic boundary conditions) raise ``UnsupportedSystemError`` naming them.
 """
 
 from typing import Dict, List, Sequence, Tuple
@@ -46,6 +46,7 @@ from openmm_cmt.energy.torch_energy.expression import (
     variables,
 )
 from openmm_cmt.energy.torch_energy.geometry import angle, dihedral, distance, energy_sum
+from openmm_cmt.energy.torch_energy.tabulated import tabulated_functions
 
 
 def _globals(force) -> Dict[str, float]:
@@ -54,13 +55,10 @@ def _globals(force) -> Dict[str, float]:
 
 def _require_supported(force, problems: Sequence[str] = ()) -> None:
     """Raise UnsupportedSystemError listing ``problems`` and the features of ``force``
-    that cannot be compiled (periodic boundary conditions, tabulated functions)."""
+    that cannot be compiled (periodic boundary conditions)."""
     problems = list(problems)
     if force.usesPeriodicBoundaryConditions():
         problems.append("periodic boundary conditions are not supported")
-    if hasattr(force, "getNumTabulatedFunctions") and force.getNumTabulatedFunctions() > 0:
-        names = [force.getTabulatedFunctionName(i) for i in range(force.getNumTabulatedFunctions())]
-        problems.append(f"tabulated functions are not supported ({', '.join(names)})")
     if problems:
         raise UnsupportedSystemError(problems)
 
@@ -68,9 +66,9 @@ def _require_supported(force, problems: Sequence[str] = ()) -> None:
 _PERIODIC_METHOD = "nonbonded method {} (periodic) is not supported; use NoCutoff or CutoffNonPeriodic"
 
 
-def _compile(expression, inputs: Sequence[str], constants: Dict[str, float], allowed=()) -> CompiledExpression:
+def _compile(expression, inputs: Sequence[str], constants: Dict[str, float], allowed=(), tables=None) -> CompiledExpression:
     try:
-        return compile_expression(expression, inputs, constants, allowed_functions=allowed)
+        return compile_expression(expression, inputs, constants, allowed_functions=allowed, tabulated=tables)
     except ValueError as err:
         raise UnsupportedSystemError(str(err)) from None
 
@@ -127,7 +125,7 @@ def _build_bonded(force, dtype, order: int, variable: str) -> CustomBondedTerm:
     rows = [getattr(force, f"get{noun}Parameters")(i) for i in range(count)]
     atoms = index_buffer([r[:order] for r in rows]).reshape(count, order).T.contiguous()
     params = _param_matrix([r[order] for r in rows], n_params, dtype)
-    energy = _compile(force.getEnergyFunction(), [variable] + names, _globals(force))
+    energy = _compile(force.getEnergyFunction(), [variable] + names, _globals(force), tables=tabulated_functions(force, dtype))
     return CustomBondedTerm(atoms, params, energy)
 
 
@@ -224,7 +222,8 @@ def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: op
     # A trailing row of zeros gives an expression that uses nothing else its shape [M].
     inputs = [f"{'xyz'[a]}{p + 1}" for p, a in coordinates] + geometry_names + names + ["__bond"]
     params = torch.cat([params, torch.zeros(1, len(rows), dtype=dtype)])
-    energy = _compile(tree, inputs, _globals(force), allowed=("pointdistance", "pointangle", "pointdihedral"))
+    energy = _compile(tree, inputs, _globals(force), allowed=("pointdistance", "pointangle", "pointdihedral"),
+                      tables=tabulated_functions(force, dtype))
     return CustomCompoundBondTerm(atoms, params, coordinates, geometry, energy)
 
 
@@ -309,7 +308,7 @@ def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.Sy
     for c in range(force.getNumComputedValues()):
         name, expression = force.getComputedValueParameters(c)
         # A trailing dummy input gives a constant expression its shape [n].
-        fn = _compile(expression, names + ["__particles"], constants)
+        fn = _compile(expression, names + ["__particles"], constants, tables=tabulated_functions(force))
         columns = [torch.as_tensor(table[:, p]) for p in range(len(names))] + [torch.zeros(n, dtype=torch.float64)]
         with torch.no_grad():
             values = torch.broadcast_to(fn(columns), (n,)).numpy()
@@ -322,7 +321,7 @@ def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.Sy
     if force.getUseSwitchingFunction() and cutoff > 0 and not 0.0 <= switch < cutoff:
         raise UnsupportedSystemError(f"switching distance {switch} nm must lie in [0, cutoff = {cutoff} nm)")
     inputs = ["r"] + [f"{p}1" for p in names] + [f"{p}2" for p in names]
-    energy = _compile(force.getEnergyFunction(), inputs, constants)
+    energy = _compile(force.getEnergyFunction(), inputs, constants, tables=tabulated_functions(force, dtype))
     i, j = index_buffer(pairs[:, 0]), index_buffer(pairs[:, 1])
     params1 = real_buffer(table[pairs[:, 0]].T.copy(), dtype)
     params2 = real_buffer(table[pairs[:, 1]].T.copy(), dtype)
@@ -445,6 +444,7 @@ def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: t
         suffixed = [f"{p}{k}" for k in "12" for p in names] + [f"{v}{k}" for k in "12" for v in value_names]
         return ["r"] + suffixed
 
+    tables = tabulated_functions(force)
     value_names: List[str] = []
     value_kinds: List[int] = []
     value_fns: List[CompiledExpression] = []
@@ -452,7 +452,7 @@ def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: t
         name, expression, kind = force.getComputedValueParameters(k)
         kind = int(kind)
         inputs = single_inputs(value_names) if kind == _SINGLE else pair_inputs(value_names)
-        value_fns.append(_compile(expression, inputs, constants))
+        value_fns.append(_compile(expression, inputs, constants, tables=tables))
         value_kinds.append(kind)
         value_names.append(name)
     energy_kinds: List[int] = []
@@ -461,7 +461,7 @@ def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: t
         expression, kind = force.getEnergyTermParameters(k)
         kind = int(kind)
         inputs = single_inputs(value_names) if kind == _SINGLE else pair_inputs(value_names)
-        energy_fns.append(_compile(expression, inputs, constants))
+        energy_fns.append(_compile(expression, inputs, constants, tables=tables))
         energy_kinds.append(kind)
     cutoff = value(force.getCutoffDistance()) if force.getNonbondedMethod() == openmm.CustomGBForce.CutoffNonPeriodic else 0.0
     term = CustomGBTerm(
