@@ -158,7 +158,8 @@ class CustomCompoundBondTerm(nn.Module):
     geometry: List[List[int]]
 
     def __init__(
-        self, atoms: Tensor, params: Tensor, coordinates: List[List[int]], geometry: List[List[int]], energy: CompiledExpression
+        self, atoms: Tensor, params: Tensor, coordinates: List[List[int]], geometry: List[List[int]], energy: CompiledExpression,
+        cutoff: float = 0.0,
     ):
         super().__init__()
         self.register_buffer("atoms", atoms)  # [particles per bond, M]
@@ -166,6 +167,8 @@ class CustomCompoundBondTerm(nn.Module):
         self.coordinates = coordinates
         self.geometry = geometry
         self.energy = energy
+        # With a cutoff, interactions whose first two particles are >= cutoff apart are 0.
+        self.cutoff = float(cutoff)
         self.work_elements = 3 * int(atoms.shape[0]) * int(atoms.shape[1])
 
     def forward(self, x: Tensor) -> Tensor:
@@ -180,18 +183,29 @@ class CustomCompoundBondTerm(nn.Module):
                 inputs.append(angle(x, a[g[1]], a[g[2]], a[g[3]]))
             else:
                 inputs.append(dihedral(x, a[g[1]], a[g[2]], a[g[3]], a[g[4]]))
-        return _broadcast_sum(self.energy(inputs + _rows(self.params)), [x.shape[0], a.shape[1]])
+        e = torch.broadcast_to(self.energy(inputs + _rows(self.params)), [x.shape[0], a.shape[1]])
+        if self.cutoff > 0.0:
+            e = torch.where(distance(x, a[0], a[1]) < self.cutoff, e, torch.zeros_like(e))
+        return energy_sum(e)
 
 
-def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    _require_supported(force)
-    k = force.getNumParticlesPerBond()
-    names = [force.getPerBondParameterName(i) for i in range(force.getNumPerBondParameters())]
-    rows = [force.getBondParameters(i) for i in range(force.getNumBonds())]
-    atoms = index_buffer([list(r[0]) for r in rows]).reshape(len(rows), k).T.contiguous()
-    params = _param_matrix([r[1] for r in rows], len(names), dtype)
+def compound_term(force, expression: str, particles: Sequence[str], atoms: Tensor, params: Tensor,
+                  param_names: Sequence[str], dtype, coordinates: bool = True, cutoff: float = 0.0) -> "CustomCompoundBondTerm":
+    """A CustomCompoundBondTerm for ``expression`` over interactions of ``len(particles)``
+    particles each.
+
+    ``particles`` names the particles as the expression's geometry functions do
+    (``distance(p1, p2)``, or ``a1``, ``d1``, ... for hydrogen bonds); ``atoms`` [k, M] holds
+    their indices, ``params`` [P, M] the interaction parameters named ``param_names``.
+    With ``coordinates`` the expression may use ``x1, y1, z1, ...`` (particle 1, ...). With
+    a ``cutoff`` > 0, interactions whose first two particles lie that far apart or more
+    contribute 0. Global parameters and tabulated functions come from ``force``.
+    """
+    k = len(particles)
+    slots = {name: n for n, name in enumerate(particles)}
+    count = int(atoms.shape[1])
     try:
-        tree = parse(force.getEnergyFunction())
+        tree = parse(expression)
     except ValueError as err:
         raise UnsupportedSystemError(str(err)) from None
 
@@ -201,9 +215,10 @@ def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: op
     geometry_names: List[str] = []
 
     def slot(n: Node) -> int:
-        if n.op == "var" and isinstance(n.value, str) and n.value[:1] == "p" and n.value[1:].isdigit() and 1 <= int(n.value[1:]) <= k:
-            return int(n.value[1:]) - 1
-        raise UnsupportedSystemError(f"arguments of distance/angle/dihedral must be particles p1..p{k}, got {n}")
+        if n.op == "var" and n.value in slots:
+            return slots[n.value]
+        raise UnsupportedSystemError(f"arguments of distance/angle/dihedral must be particles {', '.join(particles)}, "
+                                     f"got {n}")
 
     def replace(n: Node):
         if n.op in _GEOMETRY_KINDS:
@@ -212,19 +227,29 @@ def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: op
             entry = [len(n.args)] + [slot(a) for a in n.args]
             if entry not in geometry:
                 geometry.append(entry)
-                geometry_names.append(f"{n.op}({','.join(f'p{s + 1}' for s in entry[1:])})")
+                geometry_names.append(f"{n.op}({','.join(particles[s] for s in entry[1:])})")
             return var(geometry_names[geometry.index(entry)])
         return None
 
     tree = substitute(tree, replace)
     used = variables(tree)
-    coordinates = [[p, a] for p in range(k) for a in range(3) if f"{'xyz'[a]}{p + 1}" in used]
+    coords = [[p, a] for p in range(k) for a in range(3) if coordinates and f"{'xyz'[a]}{p + 1}" in used]
     # A trailing row of zeros gives an expression that uses nothing else its shape [M].
-    inputs = [f"{'xyz'[a]}{p + 1}" for p, a in coordinates] + geometry_names + names + ["__bond"]
-    params = torch.cat([params, torch.zeros(1, len(rows), dtype=dtype)])
+    inputs = [f"{'xyz'[a]}{p + 1}" for p, a in coords] + geometry_names + list(param_names) + ["__bond"]
+    params = torch.cat([params, torch.zeros(1, count, dtype=dtype)])
     energy = _compile(tree, inputs, _globals(force), allowed=("pointdistance", "pointangle", "pointdihedral"),
                       tables=tabulated_functions(force, dtype))
-    return CustomCompoundBondTerm(atoms, params, coordinates, geometry, energy)
+    return CustomCompoundBondTerm(atoms, params, coords, geometry, energy, cutoff)
+
+
+def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
+    _require_supported(force)
+    k = force.getNumParticlesPerBond()
+    names = [force.getPerBondParameterName(i) for i in range(force.getNumPerBondParameters())]
+    rows = [force.getBondParameters(i) for i in range(force.getNumBonds())]
+    atoms = index_buffer([list(r[0]) for r in rows]).reshape(len(rows), k).T.contiguous()
+    params = _param_matrix([r[1] for r in rows], len(names), dtype)
+    return compound_term(force, force.getEnergyFunction(), [f"p{n + 1}" for n in range(k)], atoms, params, names, dtype)
 
 
 # ---------------------------------------------------------------------------------------
