@@ -27,25 +27,26 @@ Tabulated functions (``tabulated``) may be called in every expression. Unsupport
 features (periodic boundary conditions) raise ``UnsupportedSystemError`` naming them.
 """
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import openmm
 from torch import Tensor, nn
 
-from openmm_cmt.energy.torch_energy._params import index_buffer, real_buffer, value
+from openmm_cmt.energy.torch_energy._params import index_buffer, periodic_box, real_buffer, value
 from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
 from openmm_cmt.energy.torch_energy.expression import (
     CompiledExpression,
     Node,
+    _functions,
     compile_expression,
     parse,
     substitute,
     var,
     variables,
 )
-from openmm_cmt.energy.torch_energy.geometry import angle, dihedral, distance, energy_sum
+from openmm_cmt.energy.torch_energy.geometry import angle, attach_box, dihedral, distance, energy_sum
 from openmm_cmt.energy.torch_energy.tabulated import tabulated_functions
 
 
@@ -63,7 +64,12 @@ def _require_supported(force, problems: Sequence[str] = ()) -> None:
         raise UnsupportedSystemError(problems)
 
 
-_PERIODIC_METHOD = "nonbonded method {} (periodic) is not supported; use NoCutoff or CutoffNonPeriodic"
+def _box(force, system: openmm.System, cutoff: float = 0.0):
+    """The System's box ([3, 3] rows) when ``force`` uses periodic boundary conditions,
+    else None."""
+    if not force.usesPeriodicBoundaryConditions():
+        return None
+    return periodic_box(system, cutoff, type(force).__name__)
 
 
 def _compile(expression, inputs: Sequence[str], constants: Dict[str, float], allowed=(), tables=None) -> CompiledExpression:
@@ -97,8 +103,9 @@ class CustomBondedTerm(nn.Module):
     r"""E(x) = \sum_b f(g_b(x); p_b): g is the distance (2 atoms), angle (3) or dihedral
     (4) of bond b and p_b its parameters; f is a compiled Lepton expression."""
 
-    def __init__(self, atoms: Tensor, params: Tensor, energy: CompiledExpression):
+    def __init__(self, atoms: Tensor, params: Tensor, energy: CompiledExpression, box=None):
         super().__init__()
+        attach_box(self, box)
         self.order = int(atoms.shape[0])
         self.register_buffer("atoms", atoms)  # [order, M]
         self.register_buffer("params", params)  # [P, M]
@@ -107,17 +114,19 @@ class CustomBondedTerm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a = self.atoms
+        box: Optional[Tensor] = None
+        if self.periodic:
+            box = self.box
         if self.order == 2:
-            g = distance(x, a[0], a[1])
+            g = distance(x, a[0], a[1], box)
         elif self.order == 3:
-            g = angle(x, a[0], a[1], a[2])
+            g = angle(x, a[0], a[1], a[2], box)
         else:
-            g = dihedral(x, a[0], a[1], a[2], a[3])
+            g = dihedral(x, a[0], a[1], a[2], a[3], box)
         return _broadcast_sum(self.energy([g] + _rows(self.params)), g.shape)
 
 
-def _build_bonded(force, dtype, order: int, variable: str) -> CustomBondedTerm:
-    _require_supported(force)
+def _build_bonded(force, system, dtype, order: int, variable: str) -> CustomBondedTerm:
     noun = {2: "Bond", 3: "Angle", 4: "Torsion"}[order]
     n_params = getattr(force, f"getNumPer{noun}Parameters")()
     names = [getattr(force, f"getPer{noun}ParameterName")(i) for i in range(n_params)]
@@ -126,19 +135,19 @@ def _build_bonded(force, dtype, order: int, variable: str) -> CustomBondedTerm:
     atoms = index_buffer([r[:order] for r in rows]).reshape(count, order).T.contiguous()
     params = _param_matrix([r[order] for r in rows], n_params, dtype)
     energy = _compile(force.getEnergyFunction(), [variable] + names, _globals(force), tables=tabulated_functions(force, dtype))
-    return CustomBondedTerm(atoms, params, energy)
+    return CustomBondedTerm(atoms, params, energy, _box(force, system))
 
 
 def build_custom_bond(force: openmm.CustomBondForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    return _build_bonded(force, dtype, 2, "r")
+    return _build_bonded(force, system, dtype, 2, "r")
 
 
 def build_custom_angle(force: openmm.CustomAngleForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    return _build_bonded(force, dtype, 3, "theta")
+    return _build_bonded(force, system, dtype, 3, "theta")
 
 
 def build_custom_torsion(force: openmm.CustomTorsionForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    return _build_bonded(force, dtype, 4, "theta")
+    return _build_bonded(force, system, dtype, 4, "theta")
 
 
 # ---------------------------------------------------------------------------------------
@@ -159,9 +168,10 @@ class CustomCompoundBondTerm(nn.Module):
 
     def __init__(
         self, atoms: Tensor, params: Tensor, coordinates: List[List[int]], geometry: List[List[int]], energy: CompiledExpression,
-        cutoff: float = 0.0,
+        cutoff: float = 0.0, box=None,
     ):
         super().__init__()
+        attach_box(self, box)
         self.register_buffer("atoms", atoms)  # [particles per bond, M]
         self.register_buffer("params", params)  # [P + 1, M]; the last row is zeros
         self.coordinates = coordinates
@@ -173,24 +183,28 @@ class CustomCompoundBondTerm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a = self.atoms
+        box: Optional[Tensor] = None
+        if self.periodic:
+            box = self.box
         inputs: List[Tensor] = []
         for c in self.coordinates:
             inputs.append(x.index_select(1, a[c[0]])[:, :, c[1]])
         for g in self.geometry:
             if g[0] == 2:
-                inputs.append(distance(x, a[g[1]], a[g[2]]))
+                inputs.append(distance(x, a[g[1]], a[g[2]], box))
             elif g[0] == 3:
-                inputs.append(angle(x, a[g[1]], a[g[2]], a[g[3]]))
+                inputs.append(angle(x, a[g[1]], a[g[2]], a[g[3]], box))
             else:
-                inputs.append(dihedral(x, a[g[1]], a[g[2]], a[g[3]], a[g[4]]))
+                inputs.append(dihedral(x, a[g[1]], a[g[2]], a[g[3]], a[g[4]], box))
         e = torch.broadcast_to(self.energy(inputs + _rows(self.params)), [x.shape[0], a.shape[1]])
         if self.cutoff > 0.0:
-            e = torch.where(distance(x, a[0], a[1]) < self.cutoff, e, torch.zeros_like(e))
+            e = torch.where(distance(x, a[0], a[1], box) < self.cutoff, e, torch.zeros_like(e))
         return energy_sum(e)
 
 
 def compound_term(force, expression: str, particles: Sequence[str], atoms: Tensor, params: Tensor,
-                  param_names: Sequence[str], dtype, coordinates: bool = True, cutoff: float = 0.0) -> "CustomCompoundBondTerm":
+                  param_names: Sequence[str], dtype, coordinates: bool = True, cutoff: float = 0.0,
+                  box=None) -> "CustomCompoundBondTerm":
     """A CustomCompoundBondTerm for ``expression`` over interactions of ``len(particles)``
     particles each.
 
@@ -199,7 +213,8 @@ def compound_term(force, expression: str, particles: Sequence[str], atoms: Tenso
     their indices, ``params`` [P, M] the interaction parameters named ``param_names``.
     With ``coordinates`` the expression may use ``x1, y1, z1, ...`` (particle 1, ...). With
     a ``cutoff`` > 0, interactions whose first two particles lie that far apart or more
-    contribute 0. Global parameters and tabulated functions come from ``force``.
+    contribute 0. With a periodic ``box`` the geometry functions use minimum images (the
+    point functions and coordinates are then refused). Global parameters and tabulated functions come from ``force``.
     """
     k = len(particles)
     slots = {name: n for n, name in enumerate(particles)}
@@ -233,23 +248,27 @@ def compound_term(force, expression: str, particles: Sequence[str], atoms: Tenso
 
     tree = substitute(tree, replace)
     used = variables(tree)
+    if box is not None and (_functions(tree) & {"pointdistance", "pointangle", "pointdihedral"}
+                            or any(f"{c}{p + 1}" in used for c in "xyz" for p in range(k))):
+        raise UnsupportedSystemError("with periodic boundary conditions only distance(), angle() and dihedral() "
+                                     "are supported, not coordinates or point functions")
     coords = [[p, a] for p in range(k) for a in range(3) if coordinates and f"{'xyz'[a]}{p + 1}" in used]
     # A trailing row of zeros gives an expression that uses nothing else its shape [M].
     inputs = [f"{'xyz'[a]}{p + 1}" for p, a in coords] + geometry_names + list(param_names) + ["__bond"]
     params = torch.cat([params, torch.zeros(1, count, dtype=dtype)])
     energy = _compile(tree, inputs, _globals(force), allowed=("pointdistance", "pointangle", "pointdihedral"),
                       tables=tabulated_functions(force, dtype))
-    return CustomCompoundBondTerm(atoms, params, coords, geometry, energy, cutoff)
+    return CustomCompoundBondTerm(atoms, params, coords, geometry, energy, cutoff, box)
 
 
 def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    _require_supported(force)
     k = force.getNumParticlesPerBond()
     names = [force.getPerBondParameterName(i) for i in range(force.getNumPerBondParameters())]
     rows = [force.getBondParameters(i) for i in range(force.getNumBonds())]
     atoms = index_buffer([list(r[0]) for r in rows]).reshape(len(rows), k).T.contiguous()
     params = _param_matrix([r[1] for r in rows], len(names), dtype)
-    return compound_term(force, force.getEnergyFunction(), [f"p{n + 1}" for n in range(k)], atoms, params, names, dtype)
+    return compound_term(force, force.getEnergyFunction(), [f"p{n + 1}" for n in range(k)], atoms, params, names, dtype,
+                         box=_box(force, system))
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,9 +287,11 @@ class CustomNonbondedTerm(nn.Module):
     contribute 0 and S is OpenMM's switching function (S = 1 without switching)."""
 
     def __init__(
-        self, i: Tensor, j: Tensor, params1: Tensor, params2: Tensor, energy: CompiledExpression, cutoff: float, switch: float
+        self, i: Tensor, j: Tensor, params1: Tensor, params2: Tensor, energy: CompiledExpression, cutoff: float, switch: float,
+        box=None,
     ):
         super().__init__()
+        attach_box(self, box)
         self.register_buffer("i", i)
         self.register_buffer("j", j)
         self.register_buffer("params1", params1)  # [P, M], particle i's
@@ -283,7 +304,10 @@ class CustomNonbondedTerm(nn.Module):
         self.work_elements = 3 * int(i.shape[0])
 
     def forward(self, x: Tensor) -> Tensor:
-        r = distance(x, self.i, self.j)
+        box: Optional[Tensor] = None
+        if self.periodic:
+            box = self.box
+        r = distance(x, self.i, self.j, box)
         e = torch.broadcast_to(self.energy([r] + _rows(self.params1) + _rows(self.params2)), r.shape)
         if self.use_cutoff:
             if self.use_switch:
@@ -313,20 +337,25 @@ def _interaction_pairs(force, n: int, excluded: set) -> np.ndarray:
 
 
 def _pair_force_basics(force, system: openmm.System, cls):
-    """Checks shared by the per-particle custom forces: non-periodic method, one entry
-    per particle. Returns (n, global constants, per-particle parameter names)."""
+    """Checks shared by the per-particle custom forces: one entry per particle.
+    Returns (n, global constants, per-particle parameter names, cutoff or 0, box or None)."""
     method = force.getNonbondedMethod()
-    periodic = method not in (cls.NoCutoff, cls.CutoffNonPeriodic)
-    _require_supported(force, [_PERIODIC_METHOD.format(method)] if periodic else [])
+    if method not in (cls.NoCutoff, cls.CutoffNonPeriodic, cls.CutoffPeriodic):
+        raise UnsupportedSystemError(f"nonbonded method {method} is not supported")
     n = force.getNumParticles()
     if n != system.getNumParticles():
         raise UnsupportedSystemError(f"has {n} particles but the System has {system.getNumParticles()}")
     names = [force.getPerParticleParameterName(i) for i in range(force.getNumPerParticleParameters())]
-    return n, _globals(force), names
+    cutoff = value(force.getCutoffDistance()) if method != cls.NoCutoff else 0.0
+    return n, _globals(force), names, cutoff, _box(force, system, cutoff)
 
 
 def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    n, constants, names = _pair_force_basics(force, system, openmm.CustomNonbondedForce)
+    n, constants, names, cutoff, box = _pair_force_basics(force, system, openmm.CustomNonbondedForce)
+    if box is not None and force.getUseLongRangeCorrection():
+        raise UnsupportedSystemError("the long-range correction of a CustomNonbondedForce (OpenMM integrates it "
+                                     "numerically, in single precision) is not supported; disable it with "
+                                     "setUseLongRangeCorrection(False)")
     table = np.asarray([list(force.getParticleParameters(i)) for i in range(n)], dtype=np.float64).reshape(n, len(names))
 
     # Computed values depend on per-particle parameters only: evaluate them once here.
@@ -341,7 +370,6 @@ def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.Sy
         names = names + [name]
 
     pairs = _interaction_pairs(force, n, _exclusion_set(force))
-    cutoff = value(force.getCutoffDistance()) if force.getNonbondedMethod() == openmm.CustomNonbondedForce.CutoffNonPeriodic else 0.0
     switch = value(force.getSwitchingDistance()) if force.getUseSwitchingFunction() and cutoff > 0 else -1.0
     if force.getUseSwitchingFunction() and cutoff > 0 and not 0.0 <= switch < cutoff:
         raise UnsupportedSystemError(f"switching distance {switch} nm must lie in [0, cutoff = {cutoff} nm)")
@@ -350,7 +378,7 @@ def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.Sy
     i, j = index_buffer(pairs[:, 0]), index_buffer(pairs[:, 1])
     params1 = real_buffer(table[pairs[:, 0]].T.copy(), dtype)
     params2 = real_buffer(table[pairs[:, 1]].T.copy(), dtype)
-    return CustomNonbondedTerm(i, j, params1, params2, energy, cutoff, switch)
+    return CustomNonbondedTerm(i, j, params1, params2, energy, cutoff, switch, box)
 
 
 # ---------------------------------------------------------------------------------------
@@ -381,8 +409,10 @@ class CustomGBTerm(nn.Module):
         energy_kinds: List[int],
         energies: List[CompiledExpression],
         cutoff: float,
+        box=None,
     ):
         super().__init__()
+        attach_box(self, box)
         n = int(params.shape[1])
         self.n_particles = n
         self.register_buffer("params", params)  # [P, N]
@@ -418,8 +448,11 @@ class CustomGBTerm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         batch = x.shape[0]
         empty = torch.zeros(batch, 0, dtype=x.dtype, device=x.device)
-        r_ex = distance(x, self.i_ex, self.j_ex) if self.need_ex else empty
-        r_all = distance(x, self.i_all, self.j_all) if self.need_all else empty
+        box: Optional[Tensor] = None
+        if self.periodic:
+            box = self.box
+        r_ex = distance(x, self.i_ex, self.j_ex, box) if self.need_ex else empty
+        r_all = distance(x, self.i_all, self.j_all, box) if self.need_all else empty
         xyz = [x[:, :, 0], x[:, :, 1], x[:, :, 2]]
         own = _rows(self.params)
 
@@ -453,7 +486,7 @@ class CustomGBTerm(nn.Module):
 
 
 def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    n, constants, names = _pair_force_basics(force, system, openmm.CustomGBForce)
+    n, constants, names, cutoff, box = _pair_force_basics(force, system, openmm.CustomGBForce)
     rows = [list(force.getParticleParameters(i)) for i in range(n)]
     params = _param_matrix(rows, len(names), torch.float64)
 
@@ -488,7 +521,6 @@ def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: t
         inputs = single_inputs(value_names) if kind == _SINGLE else pair_inputs(value_names)
         energy_fns.append(_compile(expression, inputs, constants, tables=tables))
         energy_kinds.append(kind)
-    cutoff = value(force.getCutoffDistance()) if force.getNonbondedMethod() == openmm.CustomGBForce.CutoffNonPeriodic else 0.0
     term = CustomGBTerm(
         params,
         torch.as_tensor(ex_pairs, dtype=torch.int64).reshape(-1, 2),
@@ -498,6 +530,7 @@ def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: t
         energy_kinds,
         energy_fns,
         cutoff,
+        box,
     )
     return term.to(dtype)
 

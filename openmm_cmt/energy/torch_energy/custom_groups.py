@@ -10,8 +10,10 @@ As OpenMM's API documentation and Reference platform define them:
   ``dihedral``, the point functions).
 - CustomHbondForce: :math:`E = \sum f` over every (donor, acceptor) pair that is not
   excluded, with ``distance``, ``angle`` and ``dihedral`` of the particles ``d1 d2 d3 a1
-  a2 a3`` and the donor's and acceptor's parameters; with CutoffNonPeriodic, pairs whose
-  ``d1``-``a1`` distance is at least the cutoff contribute 0.
+  a2 a3`` and the donor's and acceptor's parameters; with a cutoff, pairs whose
+  ``d1``-``a1`` distance is at least the cutoff contribute 0 (CutoffPeriodic: minimum
+  images in the System's box).
+- Periodic CustomCentroidBondForce is refused (group centres of wrapped coordinates).
 """
 
 from typing import List
@@ -21,7 +23,7 @@ import openmm
 import torch
 from torch import Tensor, nn
 
-from openmm_cmt.energy.torch_energy._params import index_buffer, real_buffer, value
+from openmm_cmt.energy.torch_energy._params import index_buffer, periodic_box, real_buffer, value
 from openmm_cmt.energy.torch_energy.custom import (
     _compile,
     _globals,
@@ -115,10 +117,8 @@ def build_custom_centroid_bond(force: openmm.CustomCentroidBondForce, system: op
 
 def build_custom_hbond(force: openmm.CustomHbondForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
     method = force.getNonbondedMethod()
-    problems = []
-    if method == openmm.CustomHbondForce.CutoffPeriodic:
-        problems.append("nonbonded method CutoffPeriodic is not supported; use NoCutoff or CutoffNonPeriodic")
-    _require_supported(force, problems)
+    cutoff = value(force.getCutoffDistance()) if method != openmm.CustomHbondForce.NoCutoff else 0.0
+    box = periodic_box(system, cutoff, "CustomHbondForce") if method == openmm.CustomHbondForce.CutoffPeriodic else None
     donor_names = [force.getPerDonorParameterName(i) for i in range(force.getNumPerDonorParameters())]
     acceptor_names = [force.getPerAcceptorParameterName(i) for i in range(force.getNumPerAcceptorParameters())]
     donors = [force.getDonorParameters(i) for i in range(force.getNumDonors())]
@@ -132,9 +132,8 @@ def build_custom_hbond(force: openmm.CustomHbondForce, system: openmm.System, dt
     params = [list(donors[d][3]) + list(acceptors[a][3]) for d, a in pairs]
     atoms = index_buffer(atoms).reshape(len(pairs), 6).T.contiguous()
     params = _param_matrix(params, len(donor_names) + len(acceptor_names), dtype)
-    cutoff = value(force.getCutoffDistance()) if method == openmm.CustomHbondForce.CutoffNonPeriodic else 0.0
     return compound_term(force, force.getEnergyFunction(), ["a1", "d1", "a2", "a3", "d2", "d3"], atoms, params,
-                         donor_names + acceptor_names, dtype, coordinates=False, cutoff=cutoff)
+                         donor_names + acceptor_names, dtype, coordinates=False, cutoff=cutoff, box=box)
 
 
 GROUP_BUILDERS = {

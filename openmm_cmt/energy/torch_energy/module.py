@@ -72,6 +72,13 @@ UNSUPPORTED_REASONS: dict[str, str] = {
 }
 
 
+#: Force classes whose builders implement periodic boundary conditions (minimum image in
+#: the System's default box) and refuse the periodic settings they do not.
+PERIODIC_BUILDERS = {"NonbondedForce", "CustomBondForce", "CustomAngleForce", "CustomTorsionForce",
+                     "CustomCompoundBondForce", "CustomNonbondedForce", "CustomGBForce", "CustomHbondForce",
+                     "CustomCVForce"}
+
+
 def builders() -> dict[str, Builder]:
     """Builders by OpenMM force class name: the native ones, the Lepton-compiled
     Custom*Force ones (``custom``, ``custom_groups``) and CustomCVForce (``cv``)."""
@@ -102,7 +109,7 @@ def compile_force(force: openmm.Force, system: openmm.System, dtype: torch.dtype
         term = builder(force, system, dtype)
     except UnsupportedSystemError as err:
         return None, [f"{label}: {p}" for p in err.problems]
-    if force.usesPeriodicBoundaryConditions():
+    if force.usesPeriodicBoundaryConditions() and kind not in PERIODIC_BUILDERS:
         return None, [f"{label}: uses periodic boundary conditions"]
     return term, []
 
@@ -140,7 +147,9 @@ class TorchEnergy(nn.Module):
         """Compile ``system`` (an ``openmm.System``).
 
         Raises ``UnsupportedSystemError`` listing every force or feature that cannot be
-        compiled (periodic boxes, virtual sites, unknown force classes, ...).
+        compiled (Ewald sums, periodic forces without a periodic builder, virtual sites,
+        unsupported force classes with the reason, ...). Periodic forces use the System's
+        default box vectors: the box is fixed.
         """
         if not isinstance(system, openmm.System):
             raise ValueError(f"expected an openmm.System, got {type(system).__name__}")
