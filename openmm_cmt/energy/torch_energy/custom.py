@@ -275,6 +275,16 @@ def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: op
 # CustomNonbondedForce
 
 
+def _included_pairs(n: int, excluded: set) -> np.ndarray:
+    """[M, 2] pairs i < j of ``n`` particles that are not in ``excluded``, in row-major
+    order (vectorised: a 4,000-atom protein has 8 million pairs)."""
+    pairs = np.stack(np.triu_indices(n, k=1), axis=1)
+    if excluded:
+        codes = np.array(sorted(a * n + b for a, b in excluded), dtype=np.int64)
+        pairs = pairs[~np.isin(pairs[:, 0] * n + pairs[:, 1], codes)]
+    return pairs.reshape(-1, 2)
+
+
 def _exclusion_set(force) -> set:
     """Excluded pairs as (smaller index, larger index)."""
     pairs = (force.getExclusionParticles(k) for k in range(force.getNumExclusions()))
@@ -320,8 +330,7 @@ class CustomNonbondedTerm(nn.Module):
 def _interaction_pairs(force, n: int, excluded: set) -> np.ndarray:
     """[M, 2] pairs in OpenMM's order of roles (first = particle "1")."""
     if force.getNumInteractionGroups() == 0:
-        pairs = np.stack(np.triu_indices(n, k=1), axis=1)
-        return pairs[[(a, b) not in excluded for a, b in pairs.tolist()]].reshape(-1, 2)
+        return _included_pairs(n, excluded)
     pairs = []
     for g in range(force.getNumInteractionGroups()):
         set1, set2 = (set(s) for s in force.getInteractionGroupParameters(g))
@@ -492,7 +501,7 @@ def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: t
 
     excluded = _exclusion_set(force)
     all_pairs = np.stack(np.triu_indices(n, k=1), axis=1)
-    ex_pairs = all_pairs[[(a, b) not in excluded for a, b in all_pairs.tolist()]].reshape(-1, 2)
+    ex_pairs = _included_pairs(n, excluded)
 
     def single_inputs(value_names):
         return names + value_names + ["x", "y", "z"]

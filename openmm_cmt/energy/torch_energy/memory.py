@@ -38,7 +38,7 @@ class _LargestOutput(TorchDispatchMode):
 
 def _dry_run(module: torch.nn.Module, n_atoms: int, batch: int, dtype: torch.dtype) -> tuple:
     """(saved bytes, largest tensor bytes) of energies with forces for ``batch`` conformations."""
-    saved = []
+    saved = []  # a tensor saved by several operations counts once per save: on the safe side
 
     def pack(t):
         saved.append(t.numel() * t.element_size())

@@ -59,7 +59,9 @@ class GBSAOBC(nn.Module):
         pair_of = np.zeros((n, n), dtype=np.int64)
         pair_of[i, j] = np.arange(len(i))
         pair_of[j, i] = np.arange(len(i))
-        partner = np.array([[b for b in range(n) if b != a] for a in range(n)], dtype=np.int64).reshape(n, n - 1)
+        # partners of a: 0..n-1 without a (column c holds c for c < a, c + 1 from a on)
+        column = np.arange(n - 1)[None, :]
+        partner = (column + (column >= np.arange(n)[:, None])).astype(np.int64).reshape(n, n - 1)
         self.register_buffer("ordered", index_buffer(pair_of[np.arange(n)[:, None], partner]))
         rho = radius - DIELECTRIC_OFFSET
         self.register_buffer("radius", real_buffer(radius, charge.dtype))
