@@ -256,3 +256,41 @@ def test_energies_do_not_depend_on_wrapping_or_translation():
     shifts = rng.integers(-2, 3, size=(4, n, 3)) @ box  # lattice translations per particle
     moved = x + shifts + rng.uniform(-3, 3, size=(4, 1, 3))
     torch.testing.assert_close(module(torch.tensor(moved)), module(torch.tensor(x)), rtol=1e-10, atol=1e-10)
+
+
+def _native_periodic_forces(n):
+    bond = openmm.HarmonicBondForce()
+    angle = openmm.HarmonicAngleForce()
+    torsion = openmm.PeriodicTorsionForce()
+    rb = openmm.RBTorsionForce()
+    cmap = openmm.CMAPTorsionForce()
+    cmap.addMap(6, np.sin(np.arange(36.0)).tolist())
+    for k in range(0, n - 4, 4):
+        bond.addBond(k, k + 1, 0.3, 200.0)
+        angle.addAngle(k, k + 1, k + 2, 1.9, 30.0)
+        torsion.addTorsion(k, k + 1, k + 2, k + 3, 2, 0.3, 4.0)
+        rb.addTorsion(k + 1, k + 2, k + 3, k + 4, 1.0, 2.0, 0.5, 0.3, 0.2, 0.1)
+        cmap.addTorsion(0, k, k + 1, k + 2, k + 3, k + 1, k + 2, k + 3, k + 4)
+    obc = openmm.GBSAOBCForce()
+    obc.setNonbondedMethod(openmm.GBSAOBCForce.CutoffPeriodic)
+    obc.setCutoffDistance(CUTOFF)
+    for k in range(n):
+        obc.addParticle(0.3 * (-1) ** k, 0.15, 0.8)
+    forces = (bond, angle, torsion, rb, cmap)
+    for force in forces:
+        force.setUsesPeriodicBoundaryConditions(True)
+    return {"bonded": forces, "obc": (obc,)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("kind", ["bonded", "obc"])
+@pytest.mark.parametrize("shape", list(BOXES))
+def test_native_forces_periodic_match_openmm(shape, kind, dtype):
+    """Bonds, angles and torsions across the box faces; OBC2 with CutoffPeriodic."""
+    rng = np.random.default_rng(4)
+    n = 24
+    box = BOXES[shape]
+    system = _system(n, box, *_native_periodic_forces(n)[kind])
+    module = check_system(system, _positions(rng, n, 6, box), dtype)
+    x = torch.tensor(_positions(rng, n, 2, box), dtype=dtype)
+    torch.testing.assert_close(torch.jit.script(module)(x), module(x), rtol=1e-12, atol=0)

@@ -34,3 +34,11 @@ def periodic_box(system, cutoff: float, what: str) -> np.ndarray:
         raise UnsupportedSystemError(f"{what}: the periodic box widths {widths.tolist()} nm must be at least twice "
                                      f"the cutoff {cutoff} nm")
     return box
+
+
+def force_box(force, system, cutoff: float = 0.0):
+    """The System's box ([3, 3] rows) when ``force`` uses periodic boundary conditions,
+    else None."""
+    if not force.usesPeriodicBoundaryConditions():
+        return None
+    return periodic_box(system, cutoff, type(force).__name__)

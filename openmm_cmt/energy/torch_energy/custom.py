@@ -34,7 +34,7 @@ import torch
 import openmm
 from torch import Tensor, nn
 
-from openmm_cmt.energy.torch_energy._params import index_buffer, periodic_box, real_buffer, value
+from openmm_cmt.energy.torch_energy._params import force_box, index_buffer, real_buffer, value
 from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
 from openmm_cmt.energy.torch_energy.expression import (
     CompiledExpression,
@@ -64,12 +64,6 @@ def _require_supported(force, problems: Sequence[str] = ()) -> None:
         raise UnsupportedSystemError(problems)
 
 
-def _box(force, system: openmm.System, cutoff: float = 0.0):
-    """The System's box ([3, 3] rows) when ``force`` uses periodic boundary conditions,
-    else None."""
-    if not force.usesPeriodicBoundaryConditions():
-        return None
-    return periodic_box(system, cutoff, type(force).__name__)
 
 
 def _compile(expression, inputs: Sequence[str], constants: Dict[str, float], allowed=(), tables=None) -> CompiledExpression:
@@ -135,7 +129,7 @@ def _build_bonded(force, system, dtype, order: int, variable: str) -> CustomBond
     atoms = index_buffer([r[:order] for r in rows]).reshape(count, order).T.contiguous()
     params = _param_matrix([r[order] for r in rows], n_params, dtype)
     energy = _compile(force.getEnergyFunction(), [variable] + names, _globals(force), tables=tabulated_functions(force, dtype))
-    return CustomBondedTerm(atoms, params, energy, _box(force, system))
+    return CustomBondedTerm(atoms, params, energy, force_box(force, system))
 
 
 def build_custom_bond(force: openmm.CustomBondForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
@@ -268,7 +262,7 @@ def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: op
     atoms = index_buffer([list(r[0]) for r in rows]).reshape(len(rows), k).T.contiguous()
     params = _param_matrix([r[1] for r in rows], len(names), dtype)
     return compound_term(force, force.getEnergyFunction(), [f"p{n + 1}" for n in range(k)], atoms, params, names, dtype,
-                         box=_box(force, system))
+                         box=force_box(force, system))
 
 
 # ---------------------------------------------------------------------------------------
@@ -356,7 +350,7 @@ def _pair_force_basics(force, system: openmm.System, cls):
         raise UnsupportedSystemError(f"has {n} particles but the System has {system.getNumParticles()}")
     names = [force.getPerParticleParameterName(i) for i in range(force.getNumPerParticleParameters())]
     cutoff = value(force.getCutoffDistance()) if method != cls.NoCutoff else 0.0
-    return n, _globals(force), names, cutoff, _box(force, system, cutoff)
+    return n, _globals(force), names, cutoff, force_box(force, system, cutoff)
 
 
 def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:

@@ -74,7 +74,8 @@ UNSUPPORTED_REASONS: dict[str, str] = {
 
 #: Force classes whose builders implement periodic boundary conditions (minimum image in
 #: the System's default box) and refuse the periodic settings they do not.
-PERIODIC_BUILDERS = {"NonbondedForce", "CustomBondForce", "CustomAngleForce", "CustomTorsionForce",
+PERIODIC_BUILDERS = {"NonbondedForce", "GBSAOBCForce", "HarmonicBondForce", "HarmonicAngleForce", "PeriodicTorsionForce",
+                     "RBTorsionForce", "CMAPTorsionForce", "CustomBondForce", "CustomAngleForce", "CustomTorsionForce",
                      "CustomCompoundBondForce", "CustomNonbondedForce", "CustomGBForce", "CustomHbondForce",
                      "CustomCVForce"}
 
