@@ -134,11 +134,20 @@ def test_hbond_cutoff_and_exclusions_drop_pairs():
     assert without.terms[0].atoms.shape == (6, 3 * 2 - 1)  # one excluded pair
 
 
-def test_external_periodicdistance_is_refused_clearly():
-    force = openmm.CustomExternalForce("periodicdistance(x, y, z, 0, 0, 0)^2")
-    force.addParticle(0, [])
-    with pytest.raises(UnsupportedSystemError, match="periodicdistance"):
-        TorchEnergy.from_openmm(_system(force))
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+def test_external_periodicdistance_matches_openmm(dtype):
+    """A flat-bottom restraint to a point, through the box faces of a triclinic box."""
+    force = openmm.CustomExternalForce("k*max(0, periodicdistance(x, y, z, x0, y0, z0) - 0.2)^2")
+    for name in ("k", "x0", "y0", "z0"):
+        force.addPerParticleParameter(name)
+    rng = np.random.default_rng(7)
+    for i in range(N):
+        force.addParticle(i, [100.0, *rng.uniform(0.0, 1.5, size=3)])
+    system = _system(force)
+    system.setDefaultPeriodicBoxVectors(openmm.Vec3(2.0, 0, 0), openmm.Vec3(0.6, 2.1, 0), openmm.Vec3(-0.5, 0.7, 1.9))
+    module = check_system(system, rng.uniform(-1.0, 3.0, size=(16, N, 3)), dtype)
+    x = torch.tensor(rng.uniform(-1.0, 3.0, size=(2, N, 3)), dtype=dtype)
+    torch.testing.assert_close(torch.jit.script(module)(x), module(x), rtol=1e-12, atol=0)
 
 
 def test_cv_reports_problems_of_its_variables():

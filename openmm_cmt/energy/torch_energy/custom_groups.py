@@ -2,8 +2,9 @@ r"""Custom forces over single particles, particle groups and donor-acceptor pair
 
 As OpenMM's API documentation and Reference platform define them:
 
-- CustomExternalForce: :math:`E = \sum_i f(x_i, y_i, z_i; p_i)` over the listed particles.
-  ``periodicdistance`` needs a periodic box and is refused.
+- CustomExternalForce: :math:`E = \sum_i f(x_i, y_i, z_i; p_i)` over the listed particles;
+  ``periodicdistance`` measures between minimum images in the System's default box
+  (which OpenMM uses too: the expression makes the force periodic).
 - CustomCentroidBondForce: each group's centre is :math:`\sum_k w_k x_k / \sum_k w_k`
   (weights given, or the particle masses when none are); each bond is then a compound
   bond over group centres (``x1, y1, z1, ...``, ``distance(g1, g2)``, ``angle``,
@@ -33,7 +34,7 @@ from openmm_cmt.energy.torch_energy.custom import (
     compound_term,
 )
 from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
-from openmm_cmt.energy.torch_energy.geometry import energy_sum
+from openmm_cmt.energy.torch_energy.geometry import energy_sum, minimum_image
 from openmm_cmt.energy.torch_energy.tabulated import tabulated_functions
 
 
@@ -53,18 +54,30 @@ class CustomExternalTerm(nn.Module):
         return energy_sum(torch.broadcast_to(e, p.shape[:2]))
 
 
+class PeriodicDistance(nn.Module):
+    """``periodicdistance(x1, y1, z1, x2, y2, z2)``: the distance between the minimum
+    images of two points in the System's box, as a tabulated-function-like module."""
+
+    def __init__(self, box):
+        super().__init__()
+        self.register_buffer("box", torch.as_tensor(box, dtype=torch.float64))
+
+    def forward(self, args: List[Tensor]) -> Tensor:
+        d = torch.stack(torch.broadcast_tensors(args[0] - args[3], args[1] - args[4], args[2] - args[5]), dim=-1)
+        return torch.linalg.vector_norm(minimum_image(d, self.box), dim=-1)
+
+
 def build_custom_external(force: openmm.CustomExternalForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    if "periodicdistance" in force.getEnergyFunction():
-        raise UnsupportedSystemError("periodicdistance() needs a periodic box; TorchEnergy compiles non-periodic "
-                                     "Systems only (write the restraint with x, y, z, e.g. (x-x0)^2+(y-y0)^2+(z-z0)^2)")
-    _require_supported(force)
+    tables = tabulated_functions(force, dtype)
+    if force.usesPeriodicBoundaryConditions():  # OpenMM's test: the expression names periodicdistance
+        tables["periodicdistance"] = (PeriodicDistance(periodic_box(system, 0.0, "CustomExternalForce")), 6)
     names = [force.getPerParticleParameterName(i) for i in range(force.getNumPerParticleParameters())]
     rows = [force.getParticleParameters(i) for i in range(force.getNumParticles())]
     particles = index_buffer([r[0] for r in rows])
     params = _param_matrix([r[1] for r in rows], len(names), dtype)
     params = torch.cat([params, torch.zeros(1, len(rows), dtype=dtype)])
     energy = _compile(force.getEnergyFunction(), ["x", "y", "z"] + names + ["__particle"], _globals(force),
-                      tables=tabulated_functions(force, dtype))
+                      tables=tables)
     return CustomExternalTerm(particles, params, energy)
 
 
