@@ -399,12 +399,10 @@ def test_unsupported_system_lists_every_problem():
     nb.setNonbondedMethod(openmm.NonbondedForce.PME)
     system.addForce(nb)
     system.setDefaultPeriodicBoxVectors(openmm.Vec3(3, 0, 0), openmm.Vec3(0, 3, 0), openmm.Vec3(0, 0, 3))
-    centroid = openmm.CustomCentroidBondForce(2, "distance(g1, g2)")
-    centroid.addGroup([0, 1])
-    centroid.addGroup([2])
-    centroid.addBond([0, 1], [])
-    centroid.setUsesPeriodicBoundaryConditions(True)
-    system.addForce(centroid)
+    compound = openmm.CustomCompoundBondForce(2, "x1 + distance(p1, p2)")
+    compound.addBond([0, 1], [])
+    compound.setUsesPeriodicBoundaryConditions(True)
+    system.addForce(compound)
     system.addForce(openmm.RMSDForce(np.zeros((4, 3)), [0, 1, 2]))
     system.setVirtualSite(3, openmm.TwoParticleAverageSite(0, 1, 0.5, 0.5))
     with pytest.raises(UnsupportedSystemError) as info:
@@ -413,7 +411,7 @@ def test_unsupported_system_lists_every_problem():
     assert isinstance(err, ValueError)
     assert len(err.problems) == 4, err.problems
     message = str(err)
-    for needle in ("PME", "CustomCentroidBondForce", "periodic boundary conditions", "RMSDForce", "virtual site"):
+    for needle in ("PME", "CustomCompoundBondForce", "periodic boundary conditions", "RMSDForce", "virtual site"):
         assert needle in message
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from openmm import unit
 
-from test_torch_energy_groups import TOL, check_system
+from test_torch_energy_groups import check_system
 from test_torch_energy_native import openmm_reference
 
 from openmm_cmt.energy.torch_energy import TorchEnergy, UnsupportedSystemError
@@ -182,13 +182,19 @@ def _custom_forces(n, rng):
         hbond.addAcceptor(k + 2, k + 3, -1, [])
     hbond.setNonbondedMethod(openmm.CustomHbondForce.CutoffPeriodic)
     hbond.setCutoffDistance(CUTOFF)
-    for force in (bond, angle, torsion):
+    centroid = openmm.CustomCentroidBondForce(3, "k*(distance(g1,g2)-0.4)^2 + cos(angle(g1,g2,g3))")
+    centroid.addPerBondParameter("k")
+    for k in range(0, n - 1, 2):
+        centroid.addGroup([k, k + 1], [1.0, 2.0])
+    for g in range(0, n // 2 - 2, 3):
+        centroid.addBond([g, g + 1, g + 2], [20.0])
+    for force in (bond, angle, torsion, centroid):
         force.setUsesPeriodicBoundaryConditions(True)
-    return {"nonbonded": lj, "gb": gb, "bonded": (bond, angle, torsion), "hbond": hbond}
+    return {"nonbonded": lj, "gb": gb, "bonded": (bond, angle, torsion), "hbond": hbond, "centroid": centroid}
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize("kind", ["nonbonded", "gb", "bonded", "hbond"])
+@pytest.mark.parametrize("kind", ["nonbonded", "gb", "bonded", "hbond", "centroid"])
 @pytest.mark.parametrize("shape", list(BOXES))
 def test_custom_forces_periodic_match_openmm(shape, kind, dtype):
     rng = np.random.default_rng(3)

@@ -54,18 +54,6 @@ def _globals(force) -> Dict[str, float]:
     return {force.getGlobalParameterName(i): force.getGlobalParameterDefaultValue(i) for i in range(force.getNumGlobalParameters())}
 
 
-def _require_supported(force, problems: Sequence[str] = ()) -> None:
-    """Raise UnsupportedSystemError listing ``problems`` and the features of ``force``
-    that cannot be compiled (periodic boundary conditions)."""
-    problems = list(problems)
-    if force.usesPeriodicBoundaryConditions():
-        problems.append("periodic boundary conditions are not supported")
-    if problems:
-        raise UnsupportedSystemError(problems)
-
-
-
-
 def _compile(expression, inputs: Sequence[str], constants: Dict[str, float], allowed=(), tables=None) -> CompiledExpression:
     try:
         return compile_expression(expression, inputs, constants, allowed_functions=allowed, tabulated=tables)

@@ -14,7 +14,8 @@ As OpenMM's API documentation and Reference platform define them:
   a2 a3`` and the donor's and acceptor's parameters; with a cutoff, pairs whose
   ``d1``-``a1`` distance is at least the cutoff contribute 0 (CutoffPeriodic: minimum
   images in the System's box).
-- Periodic CustomCentroidBondForce is refused (group centres of wrapped coordinates).
+- Periodic CustomCentroidBondForce: group centres of the coordinates as given, then
+  minimum images between centres (as OpenMM's Reference platform).
 """
 
 from typing import List
@@ -24,12 +25,11 @@ import openmm
 import torch
 from torch import Tensor, nn
 
-from openmm_cmt.energy.torch_energy._params import index_buffer, periodic_box, real_buffer, value
+from openmm_cmt.energy.torch_energy._params import force_box, index_buffer, periodic_box, real_buffer, value
 from openmm_cmt.energy.torch_energy.custom import (
     _compile,
     _globals,
     _param_matrix,
-    _require_supported,
     _rows,
     compound_term,
 )
@@ -101,7 +101,6 @@ class CustomCentroidBondTerm(nn.Module):
 
 def build_custom_centroid_bond(force: openmm.CustomCentroidBondForce, system: openmm.System,
                                dtype: torch.dtype) -> nn.Module:
-    _require_supported(force)
     atoms: List[int] = []
     group_of: List[int] = []
     weights: List[float] = []
@@ -123,7 +122,7 @@ def build_custom_centroid_bond(force: openmm.CustomCentroidBondForce, system: op
     groups = index_buffer([list(r[0]) for r in rows]).reshape(len(rows), k).T.contiguous()
     params = _param_matrix([r[1] for r in rows], len(names), dtype)
     bonds = compound_term(force, force.getEnergyFunction(), [f"g{n + 1}" for n in range(k)], groups, params, names,
-                          dtype)
+                          dtype, box=force_box(force, system))
     return CustomCentroidBondTerm(index_buffer(atoms), index_buffer(group_of), real_buffer(weights, dtype),
                                   force.getNumGroups(), bonds)
 

@@ -77,7 +77,7 @@ UNSUPPORTED_REASONS: dict[str, str] = {
 PERIODIC_BUILDERS = {"NonbondedForce", "GBSAOBCForce", "HarmonicBondForce", "HarmonicAngleForce", "PeriodicTorsionForce",
                      "RBTorsionForce", "CMAPTorsionForce", "CustomBondForce", "CustomAngleForce", "CustomTorsionForce",
                      "CustomCompoundBondForce", "CustomNonbondedForce", "CustomGBForce", "CustomHbondForce",
-                     "CustomCVForce", "CustomExternalForce"}
+                     "CustomCVForce", "CustomExternalForce", "CustomCentroidBondForce"}
 
 
 def builders() -> dict[str, Builder]:
