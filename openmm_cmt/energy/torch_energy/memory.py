@@ -75,7 +75,10 @@ def bytes_per_conformation(module: torch.nn.Module, n_atoms: int, dtype: torch.d
     RuntimeError
         When an operation of the module has no meta implementation.
     """
-    meta = copy.deepcopy(module).to("meta")
+    # Buffers are replaced by meta tensors through deepcopy's memo: no data is copied
+    # (the pair tables of a large protein take gigabytes on the GPU).
+    memo = {id(t): torch.empty_like(t, device="meta") for t in list(module.buffers()) + list(module.parameters())}
+    meta = copy.deepcopy(module, memo).to("meta")
     saved_1, largest_1 = _dry_run(meta, n_atoms, 1, dtype)
     saved_2, largest_2 = _dry_run(meta, n_atoms, 2, dtype)
     per_conformation = (saved_2 - saved_1) + LARGEST_LIVE * max(largest_2 - largest_1, 0)
