@@ -14,17 +14,22 @@ and its Reference platform (``ReferenceCustom*Ixn.cpp``):
   ``pointdihedral``.
 - CustomNonbondedForce: E = sum over pairs i < j (or over interaction groups) not
   excluded, with ``r`` and per-particle parameters and computed values suffixed 1 and 2.
-  CutoffNonPeriodic: zero for r >= r_c, times the switching function
-  S = 1 - 10 t^3 + 15 t^4 - 6 t^5, t = (r - r_s)/(r_c - r_s), when it is enabled.
+  With a cutoff: zero for r >= r_c, times the switching function
+  S = 1 - 10 t^3 + 15 t^4 - 6 t^5, t = (r - r_s)/(r_c - r_s), when it is enabled. The
+  long-range correction of CutoffPeriodic is refused (OpenMM integrates it numerically
+  in single precision).
 - CustomGBForce: computed values in order, each SingleParticle (a function of the
   particle's parameters, earlier values and x, y, z) or a pair sum
   v_i = sum_{j != i} f(r_ij; particle i as "1", j as "2") over every pair (ParticlePair:
   excluded pairs left out; ParticlePairNoExclusions: all); then energy terms, each
   SingleParticle (sum over particles) or pair (sum over pairs i < j, same exclusion
-  rules). With CutoffNonPeriodic pairs with r >= r_c contribute nothing.
+  rules). With a cutoff pairs with r >= r_c contribute nothing.
 
-Tabulated functions (``tabulated``) may be called in every expression. Unsupported
-features (periodic boundary conditions) raise ``UnsupportedSystemError`` naming them.
+Tabulated functions (``tabulated``) may be called in every expression. Forces with
+periodic boundary conditions (CutoffPeriodic, or ``setUsesPeriodicBoundaryConditions``)
+measure distances, angles and dihedrals between minimum images in the System's default
+box; coordinates and point functions are then refused, as is anything else that cannot
+be compiled, with an ``UnsupportedSystemError`` naming it.
 """
 
 from typing import Dict, List, Optional, Sequence, Tuple
