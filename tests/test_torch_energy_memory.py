@@ -106,3 +106,17 @@ def test_engine_chunk_size_follows_the_estimate():
     per = engine.bytes_per_conformation()
     assert engine.chunk_size == (1 << 28) // per
     assert per == bytes_per_conformation(engine.module, molsys.n_atoms, torch.float64)
+
+
+def test_estimate_inside_no_grad_and_without_terms():
+    import openmm
+
+    system, _ = implicit_solvent_system(20)
+    module = TorchEnergy.from_openmm(system)
+    expected = bytes_per_conformation(module, 20, torch.float64)
+    with torch.no_grad():
+        assert bytes_per_conformation(module, 20, torch.float64) == expected
+    empty = openmm.System()
+    for _ in range(3):
+        empty.addParticle(1.0)
+    assert bytes_per_conformation(TorchEnergy.from_openmm(empty), 3, torch.float64) > 0

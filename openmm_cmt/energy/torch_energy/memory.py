@@ -46,9 +46,11 @@ def _dry_run(module: torch.nn.Module, n_atoms: int, batch: int, dtype: torch.dty
 
     x = torch.zeros(batch, n_atoms, 3, device="meta", dtype=dtype, requires_grad=True)
     mode = _LargestOutput()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
+    # enable_grad: engines are also built inside no_grad blocks (sampling code).
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), mode:
         energy = module(x)
-        torch.autograd.grad(energy.sum(), x)
+        if energy.requires_grad:  # a System without energy terms has nothing to differentiate
+            torch.autograd.grad(energy.sum(), x)
     return sum(saved), mode.largest
 
 
