@@ -674,29 +674,22 @@ def test_single_particle_has_no_pairs():
 
 
 def _unsupported_cases():
-    periodic_bond = openmm.CustomBondForce("r")
-    periodic_bond.setUsesPeriodicBoundaryConditions(True)
-    tabulated = openmm.CustomNonbondedForce("table(r)")
-    tabulated.addTabulatedFunction("table", openmm.Continuous1DFunction([0.0, 1.0, 2.0], 0.0, 1.0))
-    for _ in range(3):
-        tabulated.addParticle([])
-    periodic_nb = openmm.CustomNonbondedForce("r")
-    periodic_nb.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffPeriodic)
-    for _ in range(3):
-        periodic_nb.addParticle([])
-    periodic_gb = openmm.CustomGBForce()
-    periodic_gb.addEnergyTerm("r", openmm.CustomGBForce.ParticlePair)
-    periodic_gb.setNonbondedMethod(openmm.CustomGBForce.CutoffPeriodic)
-    for _ in range(3):
-        periodic_gb.addParticle([])
-    compound_table = openmm.CustomCompoundBondForce(2, "f(distance(p1,p2))")
-    compound_table.addTabulatedFunction("f", openmm.Continuous1DFunction([0.0, 1.0, 2.0], 0.0, 1.0))
+    long_range = openmm.CustomNonbondedForce("r")
+    long_range.setNonbondedMethod(openmm.CustomNonbondedForce.CutoffPeriodic)
+    long_range.setUseLongRangeCorrection(True)
+    small_box = openmm.CustomGBForce()
+    small_box.addEnergyTerm("r", openmm.CustomGBForce.ParticlePair)
+    small_box.setNonbondedMethod(openmm.CustomGBForce.CutoffPeriodic)
+    small_box.setCutoffDistance(1.5)  # the default box is 2 nm wide
+    periodic_points = openmm.CustomCompoundBondForce(2, "pointdistance(x1, y1, z1, x2, y2, z2)")
+    periodic_points.setUsesPeriodicBoundaryConditions(True)
+    for force in (long_range, small_box):
+        for _ in range(3):
+            force.addParticle([])
     return [
-        (periodic_bond, "periodic boundary conditions"),
-        (tabulated, r"tabulated functions are not supported \(table\)"),
-        (periodic_nb, "nonbonded method 2"),
-        (periodic_gb, "nonbonded method 2"),
-        (compound_table, r"tabulated functions are not supported \(f\)"),
+        (long_range, "long-range correction"),
+        (small_box, "twice the cutoff"),
+        (periodic_points, "point functions"),
     ]
 
 

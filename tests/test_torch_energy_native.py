@@ -399,10 +399,10 @@ def test_unsupported_system_lists_every_problem():
     nb.setNonbondedMethod(openmm.NonbondedForce.PME)
     system.addForce(nb)
     system.setDefaultPeriodicBoxVectors(openmm.Vec3(3, 0, 0), openmm.Vec3(0, 3, 0), openmm.Vec3(0, 0, 3))
-    bond = openmm.HarmonicBondForce()
-    bond.addBond(0, 1, 0.1, 100.0)
-    bond.setUsesPeriodicBoundaryConditions(True)
-    system.addForce(bond)
+    compound = openmm.CustomCompoundBondForce(2, "x1 + distance(p1, p2)")
+    compound.addBond([0, 1], [])
+    compound.setUsesPeriodicBoundaryConditions(True)
+    system.addForce(compound)
     system.addForce(openmm.RMSDForce(np.zeros((4, 3)), [0, 1, 2]))
     system.setVirtualSite(3, openmm.TwoParticleAverageSite(0, 1, 0.5, 0.5))
     with pytest.raises(UnsupportedSystemError) as info:
@@ -411,7 +411,7 @@ def test_unsupported_system_lists_every_problem():
     assert isinstance(err, ValueError)
     assert len(err.problems) == 4, err.problems
     message = str(err)
-    for needle in ("PME", "HarmonicBondForce", "periodic boundary conditions", "RMSDForce", "virtual site"):
+    for needle in ("PME", "CustomCompoundBondForce", "periodic boundary conditions", "RMSDForce", "virtual site"):
         assert needle in message
 
 

@@ -43,6 +43,10 @@ TORCH_ENGINES = (
 
 def add_arguments(parser) -> None:
     parser.add_argument("--system", default="alanine-dipeptide", help="a registered system or a PDB file")
+    parser.add_argument("--forcefield", nargs="+", default=None, metavar="XML",
+                        help="force-field XMLs for a PDB --system (default amber14-all.xml)")
+    parser.add_argument("--implicit-solvent", default=None,
+                        help="obc1, obc2, gbn, gbn2, hct or an XML, for a PDB --system")
     parser.add_argument("--n", type=int, default=20000, help="number of conformations (default 20000)")
     parser.add_argument("--json", default=None, metavar="PATH", help="write the results as JSON here")
     parser.add_argument("--engines", nargs="+", default=None, metavar="PATTERN",
@@ -127,10 +131,11 @@ def run(args) -> int:
     if args.n < 1:
         raise ValueError(f"--n must be a positive number of conformations, got {args.n}")
     n_workers = args.n_workers if args.n_workers == "auto" else int(args.n_workers)
-    molsys = resolve(args.system)
+    molsys = resolve(args.system, getattr(args, "forcefield", None), None, getattr(args, "implicit_solvent", None))
+    forces = ", ".join(type(f).__name__ for f in molsys.system.getForces())
     x = conformations(molsys, args.n, args.noise, args.seed)
     machine = machine_description()
-    print(f"system {molsys.name} ({molsys.n_atoms} atoms), {args.n} conformations "
+    print(f"system {molsys.name} ({molsys.n_atoms} atoms; {forces}), {args.n} conformations "
           f"(reference + {args.noise} nm noise, seed {args.seed}); machine: {machine}")
 
     start = time.perf_counter()
@@ -179,14 +184,17 @@ def run(args) -> int:
         try:
             engine = TorchEnergyEngine(molsys, device=device, dtype=dtype)
             rate, e = time_batched(engine, torch.as_tensor(x, dtype=dtype, device=device))
+            memory = (f"; {engine.bytes_per_conformation() / 1e6:,.1f} MB/conformation estimated, "
+                      f"chunks of {engine.chunk_size}")
             engine.close()
         except Exception as err:  # e.g. UnsupportedSystemError for this System's forces
             print(f"skip {name}: {type(err).__name__}: {err}")
             continue
-        record(name, rate, e, e_ref, f"batch {args.n}")
+        record(name, rate, e, e_ref, f"batch {args.n}{memory}")
 
     _print_table(results)
-    report = {"system": molsys.name, "n": int(args.n), "machine": machine, "seed": int(args.seed),
+    report = {"system": molsys.name, "n_atoms": int(molsys.n_atoms), "forces": forces, "n": int(args.n),
+              "machine": machine, "seed": int(args.seed),
               "noise_nm": float(args.noise), "engines": results}
     if args.json:
         directory = os.path.dirname(os.path.abspath(args.json))

@@ -7,7 +7,10 @@ forces by autograd; it is ``torch.jit.script``-able. ``TorchEnergyEngine`` wraps
 ``torch.compile``. Systems it cannot compile raise ``UnsupportedSystemError``.
 
 Builders: ``build(force, system, dtype) -> nn.Module | None`` per OpenMM force class,
-native ones in ``bonded``, ``nonbonded`` and ``obc``, Custom*Force ones in ``custom``.
+native ones in ``bonded``, ``nonbonded`` and ``obc``, Custom*Force ones in ``custom``,
+``custom_groups`` and ``cv``; tabulated functions in ``tabulated``. Periodic systems
+(CutoffPeriodic, periodic Custom forces) use minimum images in the System's fixed
+default box.
 """
 
 from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError

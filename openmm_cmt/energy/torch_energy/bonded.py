@@ -2,7 +2,8 @@
 
 Each class is a TorchScript-able ``nn.Module`` with ``forward(x[B, N, 3]) -> E[B]``
 (kJ/mol, float64); each ``build_*`` reads the matching OpenMM force and returns None
-when it holds no interactions.
+when it holds no interactions. A force that uses periodic boundary conditions measures
+its geometry between minimum images in the System's box.
 """
 
 from __future__ import annotations
@@ -13,15 +14,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from openmm_cmt.energy.torch_energy._params import index_buffer, real_buffer, value
-from openmm_cmt.energy.torch_energy.geometry import angle, dihedral, distance, energy_sum
+from openmm_cmt.energy.torch_energy._params import force_box, index_buffer, real_buffer, value
+from openmm_cmt.energy.torch_energy.geometry import angle, attach_box, dihedral, distance, energy_sum
 
 
 class HarmonicBond(nn.Module):
     r""":math:`E = \sum_b \tfrac12 k_b (r_b - r_{0,b})^2`."""
 
-    def __init__(self, i, j, length, k):
+    def __init__(self, i, j, length, k, box=None):
         super().__init__()
+        attach_box(self, box)
         self.register_buffer("i", i)
         self.register_buffer("j", j)
         self.register_buffer("length", length)
@@ -29,15 +31,16 @@ class HarmonicBond(nn.Module):
         self.work_elements = 4 * len(i)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = distance(x, self.i, self.j)
+        r = distance(x, self.i, self.j, self.box if self.periodic else None)
         return energy_sum(0.5 * self.k * (r - self.length) ** 2)
 
 
 class HarmonicAngle(nn.Module):
     r""":math:`E = \sum_a \tfrac12 k_a (\theta_a - \theta_{0,a})^2`."""
 
-    def __init__(self, i, j, k, theta0, force_constant):
+    def __init__(self, i, j, k, theta0, force_constant, box=None):
         super().__init__()
+        attach_box(self, box)
         self.register_buffer("i", i)
         self.register_buffer("j", j)
         self.register_buffer("k", k)
@@ -46,7 +49,7 @@ class HarmonicAngle(nn.Module):
         self.work_elements = 9 * len(i)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        theta = angle(x, self.i, self.j, self.k)
+        theta = angle(x, self.i, self.j, self.k, self.box if self.periodic else None)
         return energy_sum(0.5 * self.force_constant * (theta - self.theta0) ** 2)
 
 
@@ -54,8 +57,9 @@ class _Dihedrals(nn.Module):
     """Holds the distinct atom quadruples of a torsion force: each dihedral is computed
     once, however many Fourier terms share it (Amber lists up to four per quadruple)."""
 
-    def __init__(self, quads: np.ndarray):
+    def __init__(self, quads: np.ndarray, box=None):
         super().__init__()
+        attach_box(self, box)
         unique, which = np.unique(quads.reshape(-1, 4), axis=0, return_inverse=True)
         for n, name in enumerate("ijkl"):
             self.register_buffer(name, index_buffer(unique[:, n]))
@@ -63,15 +67,16 @@ class _Dihedrals(nn.Module):
 
     def phi(self, x: torch.Tensor) -> torch.Tensor:
         """Dihedral of every listed torsion, [B, M]."""
-        return dihedral(x, self.i, self.j, self.k, self.l).index_select(1, self.which)
+        box = self.box if self.periodic else None
+        return dihedral(x, self.i, self.j, self.k, self.l, box).index_select(1, self.which)
 
 
 class PeriodicTorsion(nn.Module):
     r""":math:`E = \sum_t k_t (1 + \cos(n_t \phi_t - \phi_{0,t}))`."""
 
-    def __init__(self, quads: np.ndarray, periodicity, phase, k):
+    def __init__(self, quads: np.ndarray, periodicity, phase, k, box=None):
         super().__init__()
-        self.dihedrals = _Dihedrals(quads)
+        self.dihedrals = _Dihedrals(quads, box)
         self.register_buffer("periodicity", periodicity)
         self.register_buffer("phase", phase)
         self.register_buffer("k", k)
@@ -85,9 +90,9 @@ class PeriodicTorsion(nn.Module):
 class RBTorsion(nn.Module):
     r"""Ryckaert-Bellemans: :math:`E = \sum_t \sum_{n=0}^5 C_{t,n} \cos^n(\phi_t - \pi)`."""
 
-    def __init__(self, quads: np.ndarray, c):
+    def __init__(self, quads: np.ndarray, c, box=None):
         super().__init__()
-        self.dihedrals = _Dihedrals(quads)
+        self.dihedrals = _Dihedrals(quads, box)
         self.register_buffer("c", c)  # [M, 6]
         self.work_elements = 16 * len(quads)
 
@@ -109,10 +114,10 @@ class CMAPTorsion(nn.Module):
     ``cmap_coefficients``) are those OpenMM's ``CMAPTorsionForceImpl`` derives.
     """
 
-    def __init__(self, quads_a: np.ndarray, quads_b: np.ndarray, patch_offset, size, coefficients):
+    def __init__(self, quads_a: np.ndarray, quads_b: np.ndarray, patch_offset, size, coefficients, box=None):
         super().__init__()
-        self.dihedrals_a = _Dihedrals(quads_a)
-        self.dihedrals_b = _Dihedrals(quads_b)
+        self.dihedrals_a = _Dihedrals(quads_a, box)
+        self.dihedrals_b = _Dihedrals(quads_b, box)
         self.register_buffer("patch_offset", patch_offset)  # [M] int64: first patch of the torsion's map
         self.register_buffer("size", size)  # [M] int64 grid points per angle
         self.register_buffer("coefficients", coefficients)  # [patches, 4, 4]
@@ -199,6 +204,7 @@ def build_harmonic_bond(force, system, dtype):
         index_buffer([r[1] for r in rows]),
         real_buffer([value(r[2]) for r in rows], dtype),
         real_buffer([value(r[3]) for r in rows], dtype),
+        force_box(force, system),
     )
 
 
@@ -210,6 +216,7 @@ def build_harmonic_angle(force, system, dtype):
         *(index_buffer([r[c] for r in rows]) for c in range(3)),
         real_buffer([value(r[3]) for r in rows], dtype),
         real_buffer([value(r[4]) for r in rows], dtype),
+        force_box(force, system),
     )
 
 
@@ -222,6 +229,7 @@ def build_periodic_torsion(force, system, dtype):
         real_buffer([r[4] for r in rows], dtype),
         real_buffer([value(r[5]) for r in rows], dtype),
         real_buffer([value(r[6]) for r in rows], dtype),
+        force_box(force, system),
     )
 
 
@@ -232,6 +240,7 @@ def build_rb_torsion(force, system, dtype):
     return RBTorsion(
         np.array([r[:4] for r in rows], dtype=np.int64),
         real_buffer([[value(c) for c in r[4:10]] for r in rows], dtype),
+        force_box(force, system),
     )
 
 
@@ -253,4 +262,5 @@ def build_cmap_torsion(force, system, dtype):
         index_buffer([offsets[m] for m in maps]),
         index_buffer([sizes[m] for m in maps]),
         real_buffer(np.concatenate(blocks), dtype),
+        force_box(force, system),
     )

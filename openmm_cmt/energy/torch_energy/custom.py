@@ -14,63 +14,54 @@ and its Reference platform (``ReferenceCustom*Ixn.cpp``):
   ``pointdihedral``.
 - CustomNonbondedForce: E = sum over pairs i < j (or over interaction groups) not
   excluded, with ``r`` and per-particle parameters and computed values suffixed 1 and 2.
-  CutoffNonPeriodic: zero for r >= r_c, times the switching function
-  S = 1 - 10 t^3 + 15 t^4 - 6 t^5, t = (r - r_s)/(r_c - r_s), when it is enabled.
+  With a cutoff: zero for r >= r_c, times the switching function
+  S = 1 - 10 t^3 + 15 t^4 - 6 t^5, t = (r - r_s)/(r_c - r_s), when it is enabled. The
+  long-range correction of CutoffPeriodic is refused (OpenMM integrates it numerically
+  in single precision).
 - CustomGBForce: computed values in order, each SingleParticle (a function of the
   particle's parameters, earlier values and x, y, z) or a pair sum
   v_i = sum_{j != i} f(r_ij; particle i as "1", j as "2") over every pair (ParticlePair:
   excluded pairs left out; ParticlePairNoExclusions: all); then energy terms, each
   SingleParticle (sum over particles) or pair (sum over pairs i < j, same exclusion
-  rules). With CutoffNonPeriodic pairs with r >= r_c contribute nothing.
+  rules). With a cutoff pairs with r >= r_c contribute nothing.
 
-Unsupported features (periodic boundary conditions, tabulated functions) raise
-``UnsupportedSystemError`` naming them.
+Tabulated functions (``tabulated``) may be called in every expression. Forces with
+periodic boundary conditions (CutoffPeriodic, or ``setUsesPeriodicBoundaryConditions``)
+measure distances, angles and dihedrals between minimum images in the System's default
+box; coordinates and point functions are then refused, as is anything else that cannot
+be compiled, with an ``UnsupportedSystemError`` naming it.
 """
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import openmm
 from torch import Tensor, nn
 
-from openmm_cmt.energy.torch_energy._params import index_buffer, real_buffer, value
+from openmm_cmt.energy.torch_energy._params import force_box, index_buffer, real_buffer, value
 from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
 from openmm_cmt.energy.torch_energy.expression import (
     CompiledExpression,
     Node,
+    _functions,
     compile_expression,
     parse,
     substitute,
     var,
     variables,
 )
-from openmm_cmt.energy.torch_energy.geometry import angle, dihedral, distance, energy_sum
+from openmm_cmt.energy.torch_energy.geometry import angle, attach_box, dihedral, distance, energy_sum
+from openmm_cmt.energy.torch_energy.tabulated import tabulated_functions
 
 
 def _globals(force) -> Dict[str, float]:
     return {force.getGlobalParameterName(i): force.getGlobalParameterDefaultValue(i) for i in range(force.getNumGlobalParameters())}
 
 
-def _require_supported(force, problems: Sequence[str] = ()) -> None:
-    """Raise UnsupportedSystemError listing ``problems`` and the features of ``force``
-    that cannot be compiled (periodic boundary conditions, tabulated functions)."""
-    problems = list(problems)
-    if force.usesPeriodicBoundaryConditions():
-        problems.append("periodic boundary conditions are not supported")
-    if hasattr(force, "getNumTabulatedFunctions") and force.getNumTabulatedFunctions() > 0:
-        names = [force.getTabulatedFunctionName(i) for i in range(force.getNumTabulatedFunctions())]
-        problems.append(f"tabulated functions are not supported ({', '.join(names)})")
-    if problems:
-        raise UnsupportedSystemError(problems)
-
-
-_PERIODIC_METHOD = "nonbonded method {} (periodic) is not supported; use NoCutoff or CutoffNonPeriodic"
-
-
-def _compile(expression, inputs: Sequence[str], constants: Dict[str, float], allowed=()) -> CompiledExpression:
+def _compile(expression, inputs: Sequence[str], constants: Dict[str, float], allowed=(), tables=None) -> CompiledExpression:
     try:
-        return compile_expression(expression, inputs, constants, allowed_functions=allowed)
+        return compile_expression(expression, inputs, constants, allowed_functions=allowed, tabulated=tables)
     except ValueError as err:
         raise UnsupportedSystemError(str(err)) from None
 
@@ -99,8 +90,9 @@ class CustomBondedTerm(nn.Module):
     r"""E(x) = \sum_b f(g_b(x); p_b): g is the distance (2 atoms), angle (3) or dihedral
     (4) of bond b and p_b its parameters; f is a compiled Lepton expression."""
 
-    def __init__(self, atoms: Tensor, params: Tensor, energy: CompiledExpression):
+    def __init__(self, atoms: Tensor, params: Tensor, energy: CompiledExpression, box=None):
         super().__init__()
+        attach_box(self, box)
         self.order = int(atoms.shape[0])
         self.register_buffer("atoms", atoms)  # [order, M]
         self.register_buffer("params", params)  # [P, M]
@@ -109,17 +101,19 @@ class CustomBondedTerm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         a = self.atoms
+        box: Optional[Tensor] = None
+        if self.periodic:
+            box = self.box
         if self.order == 2:
-            g = distance(x, a[0], a[1])
+            g = distance(x, a[0], a[1], box)
         elif self.order == 3:
-            g = angle(x, a[0], a[1], a[2])
+            g = angle(x, a[0], a[1], a[2], box)
         else:
-            g = dihedral(x, a[0], a[1], a[2], a[3])
+            g = dihedral(x, a[0], a[1], a[2], a[3], box)
         return _broadcast_sum(self.energy([g] + _rows(self.params)), g.shape)
 
 
-def _build_bonded(force, dtype, order: int, variable: str) -> CustomBondedTerm:
-    _require_supported(force)
+def _build_bonded(force, system, dtype, order: int, variable: str) -> CustomBondedTerm:
     noun = {2: "Bond", 3: "Angle", 4: "Torsion"}[order]
     n_params = getattr(force, f"getNumPer{noun}Parameters")()
     names = [getattr(force, f"getPer{noun}ParameterName")(i) for i in range(n_params)]
@@ -127,20 +121,20 @@ def _build_bonded(force, dtype, order: int, variable: str) -> CustomBondedTerm:
     rows = [getattr(force, f"get{noun}Parameters")(i) for i in range(count)]
     atoms = index_buffer([r[:order] for r in rows]).reshape(count, order).T.contiguous()
     params = _param_matrix([r[order] for r in rows], n_params, dtype)
-    energy = _compile(force.getEnergyFunction(), [variable] + names, _globals(force))
-    return CustomBondedTerm(atoms, params, energy)
+    energy = _compile(force.getEnergyFunction(), [variable] + names, _globals(force), tables=tabulated_functions(force, dtype))
+    return CustomBondedTerm(atoms, params, energy, force_box(force, system))
 
 
 def build_custom_bond(force: openmm.CustomBondForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    return _build_bonded(force, dtype, 2, "r")
+    return _build_bonded(force, system, dtype, 2, "r")
 
 
 def build_custom_angle(force: openmm.CustomAngleForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    return _build_bonded(force, dtype, 3, "theta")
+    return _build_bonded(force, system, dtype, 3, "theta")
 
 
 def build_custom_torsion(force: openmm.CustomTorsionForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    return _build_bonded(force, dtype, 4, "theta")
+    return _build_bonded(force, system, dtype, 4, "theta")
 
 
 # ---------------------------------------------------------------------------------------
@@ -160,40 +154,60 @@ class CustomCompoundBondTerm(nn.Module):
     geometry: List[List[int]]
 
     def __init__(
-        self, atoms: Tensor, params: Tensor, coordinates: List[List[int]], geometry: List[List[int]], energy: CompiledExpression
+        self, atoms: Tensor, params: Tensor, coordinates: List[List[int]], geometry: List[List[int]], energy: CompiledExpression,
+        cutoff: float = 0.0, box=None,
     ):
         super().__init__()
+        attach_box(self, box)
         self.register_buffer("atoms", atoms)  # [particles per bond, M]
         self.register_buffer("params", params)  # [P + 1, M]; the last row is zeros
         self.coordinates = coordinates
         self.geometry = geometry
         self.energy = energy
+        # With a cutoff, interactions whose first two particles are >= cutoff apart are 0.
+        self.cutoff = float(cutoff)
         self.work_elements = 3 * int(atoms.shape[0]) * int(atoms.shape[1])
 
     def forward(self, x: Tensor) -> Tensor:
         a = self.atoms
+        box: Optional[Tensor] = None
+        if self.periodic:
+            box = self.box
         inputs: List[Tensor] = []
         for c in self.coordinates:
             inputs.append(x.index_select(1, a[c[0]])[:, :, c[1]])
         for g in self.geometry:
             if g[0] == 2:
-                inputs.append(distance(x, a[g[1]], a[g[2]]))
+                inputs.append(distance(x, a[g[1]], a[g[2]], box))
             elif g[0] == 3:
-                inputs.append(angle(x, a[g[1]], a[g[2]], a[g[3]]))
+                inputs.append(angle(x, a[g[1]], a[g[2]], a[g[3]], box))
             else:
-                inputs.append(dihedral(x, a[g[1]], a[g[2]], a[g[3]], a[g[4]]))
-        return _broadcast_sum(self.energy(inputs + _rows(self.params)), [x.shape[0], a.shape[1]])
+                inputs.append(dihedral(x, a[g[1]], a[g[2]], a[g[3]], a[g[4]], box))
+        e = torch.broadcast_to(self.energy(inputs + _rows(self.params)), [x.shape[0], a.shape[1]])
+        if self.cutoff > 0.0:
+            e = torch.where(distance(x, a[0], a[1], box) < self.cutoff, e, torch.zeros_like(e))
+        return energy_sum(e)
 
 
-def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    _require_supported(force)
-    k = force.getNumParticlesPerBond()
-    names = [force.getPerBondParameterName(i) for i in range(force.getNumPerBondParameters())]
-    rows = [force.getBondParameters(i) for i in range(force.getNumBonds())]
-    atoms = index_buffer([list(r[0]) for r in rows]).reshape(len(rows), k).T.contiguous()
-    params = _param_matrix([r[1] for r in rows], len(names), dtype)
+def compound_term(force, expression: str, particles: Sequence[str], atoms: Tensor, params: Tensor,
+                  param_names: Sequence[str], dtype, coordinates: bool = True, cutoff: float = 0.0,
+                  box=None) -> "CustomCompoundBondTerm":
+    """A CustomCompoundBondTerm for ``expression`` over interactions of ``len(particles)``
+    particles each.
+
+    ``particles`` names the particles as the expression's geometry functions do
+    (``distance(p1, p2)``, or ``a1``, ``d1``, ... for hydrogen bonds); ``atoms`` [k, M] holds
+    their indices, ``params`` [P, M] the interaction parameters named ``param_names``.
+    With ``coordinates`` the expression may use ``x1, y1, z1, ...`` (particle 1, ...). With
+    a ``cutoff`` > 0, interactions whose first two particles lie that far apart or more
+    contribute 0. With a periodic ``box`` the geometry functions use minimum images (the
+    point functions and coordinates are then refused). Global parameters and tabulated functions come from ``force``.
+    """
+    k = len(particles)
+    slots = {name: n for n, name in enumerate(particles)}
+    count = int(atoms.shape[1])
     try:
-        tree = parse(force.getEnergyFunction())
+        tree = parse(expression)
     except ValueError as err:
         raise UnsupportedSystemError(str(err)) from None
 
@@ -203,9 +217,10 @@ def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: op
     geometry_names: List[str] = []
 
     def slot(n: Node) -> int:
-        if n.op == "var" and isinstance(n.value, str) and n.value[:1] == "p" and n.value[1:].isdigit() and 1 <= int(n.value[1:]) <= k:
-            return int(n.value[1:]) - 1
-        raise UnsupportedSystemError(f"arguments of distance/angle/dihedral must be particles p1..p{k}, got {n}")
+        if n.op == "var" and n.value in slots:
+            return slots[n.value]
+        raise UnsupportedSystemError(f"arguments of distance/angle/dihedral must be particles {', '.join(particles)}, "
+                                     f"got {n}")
 
     def replace(n: Node):
         if n.op in _GEOMETRY_KINDS:
@@ -214,22 +229,47 @@ def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: op
             entry = [len(n.args)] + [slot(a) for a in n.args]
             if entry not in geometry:
                 geometry.append(entry)
-                geometry_names.append(f"{n.op}({','.join(f'p{s + 1}' for s in entry[1:])})")
+                geometry_names.append(f"{n.op}({','.join(particles[s] for s in entry[1:])})")
             return var(geometry_names[geometry.index(entry)])
         return None
 
     tree = substitute(tree, replace)
     used = variables(tree)
-    coordinates = [[p, a] for p in range(k) for a in range(3) if f"{'xyz'[a]}{p + 1}" in used]
+    if box is not None and (_functions(tree) & {"pointdistance", "pointangle", "pointdihedral"}
+                            or any(f"{c}{p + 1}" in used for c in "xyz" for p in range(k))):
+        raise UnsupportedSystemError("with periodic boundary conditions only distance(), angle() and dihedral() "
+                                     "are supported, not coordinates or point functions")
+    coords = [[p, a] for p in range(k) for a in range(3) if coordinates and f"{'xyz'[a]}{p + 1}" in used]
     # A trailing row of zeros gives an expression that uses nothing else its shape [M].
-    inputs = [f"{'xyz'[a]}{p + 1}" for p, a in coordinates] + geometry_names + names + ["__bond"]
-    params = torch.cat([params, torch.zeros(1, len(rows), dtype=dtype)])
-    energy = _compile(tree, inputs, _globals(force), allowed=("pointdistance", "pointangle", "pointdihedral"))
-    return CustomCompoundBondTerm(atoms, params, coordinates, geometry, energy)
+    inputs = [f"{'xyz'[a]}{p + 1}" for p, a in coords] + geometry_names + list(param_names) + ["__bond"]
+    params = torch.cat([params, torch.zeros(1, count, dtype=dtype)])
+    energy = _compile(tree, inputs, _globals(force), allowed=("pointdistance", "pointangle", "pointdihedral"),
+                      tables=tabulated_functions(force, dtype))
+    return CustomCompoundBondTerm(atoms, params, coords, geometry, energy, cutoff, box)
+
+
+def build_custom_compound_bond(force: openmm.CustomCompoundBondForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
+    k = force.getNumParticlesPerBond()
+    names = [force.getPerBondParameterName(i) for i in range(force.getNumPerBondParameters())]
+    rows = [force.getBondParameters(i) for i in range(force.getNumBonds())]
+    atoms = index_buffer([list(r[0]) for r in rows]).reshape(len(rows), k).T.contiguous()
+    params = _param_matrix([r[1] for r in rows], len(names), dtype)
+    return compound_term(force, force.getEnergyFunction(), [f"p{n + 1}" for n in range(k)], atoms, params, names, dtype,
+                         box=force_box(force, system))
 
 
 # ---------------------------------------------------------------------------------------
 # CustomNonbondedForce
+
+
+def _included_pairs(n: int, excluded: set) -> np.ndarray:
+    """[M, 2] pairs i < j of ``n`` particles that are not in ``excluded``, in row-major
+    order (vectorised: a 4,000-atom protein has 8 million pairs)."""
+    pairs = np.stack(np.triu_indices(n, k=1), axis=1)
+    if excluded:
+        codes = np.array(sorted(a * n + b for a, b in excluded), dtype=np.int64)
+        pairs = pairs[~np.isin(pairs[:, 0] * n + pairs[:, 1], codes)]
+    return pairs.reshape(-1, 2)
 
 
 def _exclusion_set(force) -> set:
@@ -244,9 +284,11 @@ class CustomNonbondedTerm(nn.Module):
     contribute 0 and S is OpenMM's switching function (S = 1 without switching)."""
 
     def __init__(
-        self, i: Tensor, j: Tensor, params1: Tensor, params2: Tensor, energy: CompiledExpression, cutoff: float, switch: float
+        self, i: Tensor, j: Tensor, params1: Tensor, params2: Tensor, energy: CompiledExpression, cutoff: float, switch: float,
+        box=None,
     ):
         super().__init__()
+        attach_box(self, box)
         self.register_buffer("i", i)
         self.register_buffer("j", j)
         self.register_buffer("params1", params1)  # [P, M], particle i's
@@ -259,7 +301,10 @@ class CustomNonbondedTerm(nn.Module):
         self.work_elements = 3 * int(i.shape[0])
 
     def forward(self, x: Tensor) -> Tensor:
-        r = distance(x, self.i, self.j)
+        box: Optional[Tensor] = None
+        if self.periodic:
+            box = self.box
+        r = distance(x, self.i, self.j, box)
         e = torch.broadcast_to(self.energy([r] + _rows(self.params1) + _rows(self.params2)), r.shape)
         if self.use_cutoff:
             if self.use_switch:
@@ -272,8 +317,7 @@ class CustomNonbondedTerm(nn.Module):
 def _interaction_pairs(force, n: int, excluded: set) -> np.ndarray:
     """[M, 2] pairs in OpenMM's order of roles (first = particle "1")."""
     if force.getNumInteractionGroups() == 0:
-        pairs = np.stack(np.triu_indices(n, k=1), axis=1)
-        return pairs[[(a, b) not in excluded for a, b in pairs.tolist()]].reshape(-1, 2)
+        return _included_pairs(n, excluded)
     pairs = []
     for g in range(force.getNumInteractionGroups()):
         set1, set2 = (set(s) for s in force.getInteractionGroupParameters(g))
@@ -289,27 +333,32 @@ def _interaction_pairs(force, n: int, excluded: set) -> np.ndarray:
 
 
 def _pair_force_basics(force, system: openmm.System, cls):
-    """Checks shared by the per-particle custom forces: non-periodic method, one entry
-    per particle. Returns (n, global constants, per-particle parameter names)."""
+    """Checks shared by the per-particle custom forces: one entry per particle.
+    Returns (n, global constants, per-particle parameter names, cutoff or 0, box or None)."""
     method = force.getNonbondedMethod()
-    periodic = method not in (cls.NoCutoff, cls.CutoffNonPeriodic)
-    _require_supported(force, [_PERIODIC_METHOD.format(method)] if periodic else [])
+    if method not in (cls.NoCutoff, cls.CutoffNonPeriodic, cls.CutoffPeriodic):
+        raise UnsupportedSystemError(f"nonbonded method {method} is not supported")
     n = force.getNumParticles()
     if n != system.getNumParticles():
         raise UnsupportedSystemError(f"has {n} particles but the System has {system.getNumParticles()}")
     names = [force.getPerParticleParameterName(i) for i in range(force.getNumPerParticleParameters())]
-    return n, _globals(force), names
+    cutoff = value(force.getCutoffDistance()) if method != cls.NoCutoff else 0.0
+    return n, _globals(force), names, cutoff, force_box(force, system, cutoff)
 
 
 def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    n, constants, names = _pair_force_basics(force, system, openmm.CustomNonbondedForce)
+    n, constants, names, cutoff, box = _pair_force_basics(force, system, openmm.CustomNonbondedForce)
+    if box is not None and force.getUseLongRangeCorrection():
+        raise UnsupportedSystemError("the long-range correction of a CustomNonbondedForce (OpenMM integrates it "
+                                     "numerically, in single precision) is not supported; disable it with "
+                                     "setUseLongRangeCorrection(False)")
     table = np.asarray([list(force.getParticleParameters(i)) for i in range(n)], dtype=np.float64).reshape(n, len(names))
 
     # Computed values depend on per-particle parameters only: evaluate them once here.
     for c in range(force.getNumComputedValues()):
         name, expression = force.getComputedValueParameters(c)
         # A trailing dummy input gives a constant expression its shape [n].
-        fn = _compile(expression, names + ["__particles"], constants)
+        fn = _compile(expression, names + ["__particles"], constants, tables=tabulated_functions(force))
         columns = [torch.as_tensor(table[:, p]) for p in range(len(names))] + [torch.zeros(n, dtype=torch.float64)]
         with torch.no_grad():
             values = torch.broadcast_to(fn(columns), (n,)).numpy()
@@ -317,16 +366,15 @@ def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.Sy
         names = names + [name]
 
     pairs = _interaction_pairs(force, n, _exclusion_set(force))
-    cutoff = value(force.getCutoffDistance()) if force.getNonbondedMethod() == openmm.CustomNonbondedForce.CutoffNonPeriodic else 0.0
     switch = value(force.getSwitchingDistance()) if force.getUseSwitchingFunction() and cutoff > 0 else -1.0
     if force.getUseSwitchingFunction() and cutoff > 0 and not 0.0 <= switch < cutoff:
         raise UnsupportedSystemError(f"switching distance {switch} nm must lie in [0, cutoff = {cutoff} nm)")
     inputs = ["r"] + [f"{p}1" for p in names] + [f"{p}2" for p in names]
-    energy = _compile(force.getEnergyFunction(), inputs, constants)
+    energy = _compile(force.getEnergyFunction(), inputs, constants, tables=tabulated_functions(force, dtype))
     i, j = index_buffer(pairs[:, 0]), index_buffer(pairs[:, 1])
     params1 = real_buffer(table[pairs[:, 0]].T.copy(), dtype)
     params2 = real_buffer(table[pairs[:, 1]].T.copy(), dtype)
-    return CustomNonbondedTerm(i, j, params1, params2, energy, cutoff, switch)
+    return CustomNonbondedTerm(i, j, params1, params2, energy, cutoff, switch, box)
 
 
 # ---------------------------------------------------------------------------------------
@@ -357,8 +405,10 @@ class CustomGBTerm(nn.Module):
         energy_kinds: List[int],
         energies: List[CompiledExpression],
         cutoff: float,
+        box=None,
     ):
         super().__init__()
+        attach_box(self, box)
         n = int(params.shape[1])
         self.n_particles = n
         self.register_buffer("params", params)  # [P, N]
@@ -394,8 +444,11 @@ class CustomGBTerm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         batch = x.shape[0]
         empty = torch.zeros(batch, 0, dtype=x.dtype, device=x.device)
-        r_ex = distance(x, self.i_ex, self.j_ex) if self.need_ex else empty
-        r_all = distance(x, self.i_all, self.j_all) if self.need_all else empty
+        box: Optional[Tensor] = None
+        if self.periodic:
+            box = self.box
+        r_ex = distance(x, self.i_ex, self.j_ex, box) if self.need_ex else empty
+        r_all = distance(x, self.i_all, self.j_all, box) if self.need_all else empty
         xyz = [x[:, :, 0], x[:, :, 1], x[:, :, 2]]
         own = _rows(self.params)
 
@@ -429,13 +482,13 @@ class CustomGBTerm(nn.Module):
 
 
 def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    n, constants, names = _pair_force_basics(force, system, openmm.CustomGBForce)
+    n, constants, names, cutoff, box = _pair_force_basics(force, system, openmm.CustomGBForce)
     rows = [list(force.getParticleParameters(i)) for i in range(n)]
     params = _param_matrix(rows, len(names), torch.float64)
 
     excluded = _exclusion_set(force)
     all_pairs = np.stack(np.triu_indices(n, k=1), axis=1)
-    ex_pairs = all_pairs[[(a, b) not in excluded for a, b in all_pairs.tolist()]].reshape(-1, 2)
+    ex_pairs = _included_pairs(n, excluded)
 
     def single_inputs(value_names):
         return names + value_names + ["x", "y", "z"]
@@ -445,6 +498,7 @@ def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: t
         suffixed = [f"{p}{k}" for k in "12" for p in names] + [f"{v}{k}" for k in "12" for v in value_names]
         return ["r"] + suffixed
 
+    tables = tabulated_functions(force)
     value_names: List[str] = []
     value_kinds: List[int] = []
     value_fns: List[CompiledExpression] = []
@@ -452,7 +506,7 @@ def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: t
         name, expression, kind = force.getComputedValueParameters(k)
         kind = int(kind)
         inputs = single_inputs(value_names) if kind == _SINGLE else pair_inputs(value_names)
-        value_fns.append(_compile(expression, inputs, constants))
+        value_fns.append(_compile(expression, inputs, constants, tables=tables))
         value_kinds.append(kind)
         value_names.append(name)
     energy_kinds: List[int] = []
@@ -461,9 +515,8 @@ def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: t
         expression, kind = force.getEnergyTermParameters(k)
         kind = int(kind)
         inputs = single_inputs(value_names) if kind == _SINGLE else pair_inputs(value_names)
-        energy_fns.append(_compile(expression, inputs, constants))
+        energy_fns.append(_compile(expression, inputs, constants, tables=tables))
         energy_kinds.append(kind)
-    cutoff = value(force.getCutoffDistance()) if force.getNonbondedMethod() == openmm.CustomGBForce.CutoffNonPeriodic else 0.0
     term = CustomGBTerm(
         params,
         torch.as_tensor(ex_pairs, dtype=torch.int64).reshape(-1, 2),
@@ -473,6 +526,7 @@ def build_custom_gb(force: openmm.CustomGBForce, system: openmm.System, dtype: t
         energy_kinds,
         energy_fns,
         cutoff,
+        box,
     )
     return term.to(dtype)
 

@@ -8,6 +8,7 @@ import warnings
 import torch
 
 from openmm_cmt.energy.base import EnergyEngine
+from openmm_cmt.energy.torch_energy import memory
 from openmm_cmt.energy.torch_energy.module import TorchEnergy
 
 #: Default memory budget on CPU, in bytes.
@@ -21,8 +22,8 @@ _CHECK_SIZE = 8
 #: graph (seen: inductor on CPU, torch 2.9, dropped the gradient of a torsion force with
 #: a single torsion) is wrong at order 1.
 _CHECK_RTOL = {torch.float64: 1e-7, torch.float32: 1e-3}
-#: Live intermediates of the size of a term's largest one, per element of work, with
-#: the autograd graph kept (eager mode; fusion under torch.compile needs less).
+#: Fallback when the memory dry run fails: live intermediates of the size of a term's
+#: largest one, per element of work, with the autograd graph kept.
 _LIVE_COPIES = 6
 
 
@@ -45,7 +46,8 @@ class TorchEnergyEngine(EnergyEngine):
             uses the eager module for that kind of call.
         memory_budget_bytes: bytes one chunk may use; default 1 GiB on CPU and half of
             the free memory on CUDA. Batches are split into chunks of
-            ``chunk_size = budget // bytes_per_conformation`` conformations.
+            ``chunk_size = budget // bytes_per_conformation`` conformations, the bytes
+            per conformation measured by a dry run of the module (``memory``).
 
     Raises ``UnsupportedSystemError`` when the System cannot be compiled.
     """
@@ -73,6 +75,7 @@ class TorchEnergyEngine(EnergyEngine):
         if memory_budget_bytes <= 0:
             raise ValueError(f"memory_budget_bytes must be positive, got {memory_budget_bytes}")
         self.memory_budget_bytes = int(memory_budget_bytes)
+        self._bytes_per_conformation = None
         self.chunk_size = max(1, self.memory_budget_bytes // self.bytes_per_conformation())
 
     @property
@@ -86,9 +89,20 @@ class TorchEnergyEngine(EnergyEngine):
         return self._compiled is not None and True not in self._eager_only
 
     def bytes_per_conformation(self) -> int:
-        """Estimated peak bytes one conformation needs with forces (the larger case)."""
-        itemsize = torch.empty((), dtype=self.dtype).element_size()
-        return 2 * _LIVE_COPIES * itemsize * self.module.work_elements() + 64 * self.n_atoms
+        """Estimated peak bytes one conformation needs with forces (the larger case) in
+        the eager module, from a dry run on the meta device (``memory``): what autograd
+        saves plus the largest intermediates. Falls back to a per-interaction rule when
+        the dry run fails. Computed once."""
+        if self._bytes_per_conformation is None:
+            try:
+                self._bytes_per_conformation = memory.bytes_per_conformation(self.module, self.n_atoms, self.dtype)
+            except Exception as err:  # an operation without a meta kernel
+                warnings.warn(f"memory dry run failed ({type(err).__name__}: {err}); using a conservative "
+                              "per-interaction estimate", RuntimeWarning, stacklevel=2)
+                itemsize = torch.empty((), dtype=self.dtype).element_size()
+                self._bytes_per_conformation = (2 * _LIVE_COPIES * itemsize * self.module.work_elements()
+                                                + 64 * self.n_atoms)
+        return self._bytes_per_conformation
 
     def _evaluate(self, fn, x: torch.Tensor, forces: bool):
         if not forces:

@@ -12,7 +12,8 @@ Grammar and semantics follow Lepton (``openmm/libraries/lepton``, ``Parser.cpp``
 - functions sqrt exp log sin cos sec csc tan cot asin acos atan atan2 sinh cosh tanh erf
   erfc step delta square cube recip min max abs floor ceil select, with
   step(x) = 1 if x >= 0 else 0, delta(x) = 1 if x == 0 else 0,
-  select(x, y, z) = y if x != 0 else z.
+  select(x, y, z) = y if x != 0 else z;
+- tabulated functions of the force, called by name (``tabulated``).
 
 ``compile_expression`` folds constants (global parameters included), merges repeated
 subexpressions, and emits Python source for one ``forward(self, v: List[Tensor])``; the
@@ -281,18 +282,27 @@ _POINT_FUNCTIONS = {"pointdistance": 6, "pointangle": 9, "pointdihedral": 12}
 FUNCTIONS = tuple(sorted(name for name in _ARITY if name not in _OPERATORS and name != "neg"))
 
 
-def variables(node: Node) -> set:
-    """Names of the variables an expression tree uses."""
-    seen, out, stack = set(), set(), [node]
+def _nodes(node: Node) -> List[Node]:
+    """Every distinct node of an expression tree (shared subtrees once)."""
+    seen, out, stack = set(), [], [node]
     while stack:
         n = stack.pop()
         if id(n) in seen:
             continue
         seen.add(id(n))
-        if n.op == "var":
-            out.add(n.value)
+        out.append(n)
         stack.extend(n.args)
     return out
+
+
+def variables(node: Node) -> set:
+    """Names of the variables an expression tree uses."""
+    return {n.value for n in _nodes(node) if n.op == "var"}
+
+
+def _functions(node: Node) -> set:
+    """Names of the functions an expression tree calls."""
+    return {n.op for n in _nodes(node) if n.op not in ("const", "var")}
 
 
 def substitute(node: Node, replace) -> Node:
@@ -339,10 +349,13 @@ def fold_constants(node: Node, constants: Mapping[str, float]) -> Node:
     return visit(node)
 
 
-def check_functions(node: Node, allowed: Sequence[str] = ()) -> None:
-    """ValueError naming unknown functions or wrong argument counts."""
+def check_functions(node: Node, allowed: Sequence[str] = (), tabulated: Optional[Mapping[str, int]] = None) -> None:
+    """ValueError naming unknown functions or wrong argument counts; ``tabulated`` gives
+    the number of arguments of each tabulated function the expression may call."""
     arity = dict(_ARITY)
     arity.update({name: _POINT_FUNCTIONS[name] for name in allowed if name in _POINT_FUNCTIONS})
+    arity.update(tabulated or {})
+    allowed = list(allowed) + sorted(tabulated or {})
     seen, stack = set(), [node]
     while stack:
         n = stack.pop()
@@ -375,8 +388,9 @@ def _literal(value: float) -> str:
 class _CodeGen:
     """Straight-line TorchScript source; each distinct subtree becomes one temporary."""
 
-    def __init__(self, inputs: Sequence[str]):
+    def __init__(self, inputs: Sequence[str], tables: Sequence[str] = ()):
         self.index = {name: k for k, name in enumerate(inputs)}
+        self.tables = {name: k for k, name in enumerate(tables)}
         self.lines: List[str] = []
         self.memo: Dict[Node, str] = {}
 
@@ -447,6 +461,10 @@ class _CodeGen:
                 like = self.value(args[0].args[0] if args[0].op in ("step", "delta") else args[0])
                 return f"torch.where({cond}, {self.tensor(args[1], like)}, {_literal(args[2].value)})"
             return f"torch.where({cond}, {self.value(args[1])}, {self.value(args[2])})"
+        if op in self.tables:
+            tensor_args = [self.value(a) for a in args if a.op != "const"]
+            like = tensor_args[0] if tensor_args else "v[0]"
+            return f"self.table_{self.tables[op]}([{', '.join(self.tensor(a, like) for a in args)}])"
         if op in _POINT_FUNCTIONS:
             like = next(self.value(a) for a in args if a.op != "const")
             return f"_{op}({', '.join(self.tensor(a, like) for a in args)})"
@@ -505,7 +523,7 @@ class CompiledExpression(torch.nn.Module):
     """
 
     # Plain Python metadata, not part of the TorchScript module.
-    __jit_ignored_attributes__ = ["inputs", "expression", "source"]
+    __jit_ignored_attributes__ = ["inputs", "expression", "source", "table_names"]
 
     def __init__(self):
         super().__init__()
@@ -515,13 +533,14 @@ class CompiledExpression(torch.nn.Module):
 
     def __reduce_ex__(self, protocol):
         # Generated classes are not importable: rebuild from the source instead.
-        return (_instantiate, (self.source, self.inputs, self.expression))
+        tables = {name: getattr(self, f"table_{k}") for k, name in enumerate(self.table_names)}
+        return (_instantiate, (self.source, self.inputs, self.expression, tables))
 
 
 _CLASSES: Dict[str, type] = {}
 
 
-def _instantiate(source: str, inputs: tuple, expression: str) -> CompiledExpression:
+def _instantiate(source: str, inputs: tuple, expression: str, tables: Optional[Mapping[str, torch.nn.Module]] = None) -> CompiledExpression:
     cls = _CLASSES.get(source)
     if cls is None:
         digest = hashlib.sha1(source.encode()).hexdigest()[:16]
@@ -545,6 +564,9 @@ def _instantiate(source: str, inputs: tuple, expression: str) -> CompiledExpress
     module.inputs = tuple(inputs)
     module.expression = expression
     module.source = source
+    module.table_names = tuple(tables or {})
+    for k, table in enumerate((tables or {}).values()):
+        module.add_module(f"table_{k}", table)
     return module
 
 
@@ -553,6 +575,7 @@ def compile_expression(
     inputs: Sequence[str],
     constants: Optional[Mapping[str, float]] = None,
     allowed_functions: Sequence[str] = (),
+    tabulated: Optional[Mapping[str, tuple]] = None,
 ) -> CompiledExpression:
     """Compile an OpenMM expression into a TorchScript-able module.
 
@@ -562,6 +585,9 @@ def compile_expression(
         constants: values of further variables (global parameters), folded in.
         allowed_functions: extra functions allowed (``pointdistance``, ``pointangle``,
             ``pointdihedral``).
+        tabulated: ``{name: (module, number of arguments)}`` of tabulated functions the
+            expression may call; each module maps a list of argument tensors to values
+            (see ``tabulated.build_function``).
 
     Returns:
         A module with ``forward(v: List[Tensor]) -> Tensor``. A constant expression
@@ -575,7 +601,8 @@ def compile_expression(
     node = parse(expression) if isinstance(expression, str) else expression
     inputs = tuple(inputs)
     constants = dict(constants or {})
-    check_functions(node, allowed_functions)
+    tabulated = dict(tabulated or {})
+    check_functions(node, allowed_functions, {name: arity for name, (_, arity) in tabulated.items()})
     unknown = sorted(variables(node) - set(inputs) - set(constants))
     if unknown:
         raise ValueError(
@@ -583,7 +610,9 @@ def compile_expression(
             f"{', '.join(list(inputs) + sorted(constants)) or 'none'}"
         )
     node = fold_constants(node, {k: v for k, v in constants.items() if k not in inputs})
-    gen = _CodeGen(inputs)
+    used = _functions(node)
+    tables = {name: module for name, (module, _) in tabulated.items() if name in used}
+    gen = _CodeGen(inputs, list(tables))
     if node.op == "const":
         if not inputs:
             raise ValueError(f"expression {text!r} is constant and has no input to take its shape from")
@@ -591,4 +620,4 @@ def compile_expression(
     else:
         result = gen.value(node)
     source = "def forward(self, v: List[Tensor]) -> Tensor:\n" + "\n".join(gen.lines) + f"\n    return {result}\n"
-    return _instantiate(source, inputs, text)
+    return _instantiate(source, inputs, text, tables)

@@ -20,6 +20,8 @@ import openmm
 from torch import nn
 
 from openmm_cmt.energy.torch_energy import bonded, nonbonded, obc
+from openmm_cmt.energy.torch_energy.custom import CUSTOM_BUILDERS
+from openmm_cmt.energy.torch_energy.custom_groups import GROUP_BUILDERS
 from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
 
 Builder = Callable[[openmm.Force, openmm.System, torch.dtype], "nn.Module | None"]
@@ -38,21 +40,79 @@ _NATIVE_BUILDERS: dict[str, Builder] = {
     "NonbondedForce": nonbonded.build_nonbonded,
     "GBSAOBCForce": obc.build_gbsa_obc,
     "CMMotionRemover": _no_energy,
+    "AndersenThermostat": _no_energy,
 }
 
 
+#: Force classes TorchEnergy does not compile, and why (shown in UnsupportedSystemError).
+UNSUPPORTED_REASONS: dict[str, str] = {
+    "AmoebaMultipoleForce": "polarizable multipoles need a self-consistent induced-dipole solve",
+    "AmoebaVdwForce": "AMOEBA buffered 14-7 van der Waals is not implemented",
+    "AmoebaGeneralizedKirkwoodForce": "generalized Kirkwood needs AMOEBA's multipoles",
+    "AmoebaTorsionTorsionForce": "AMOEBA torsion-torsion grids are not implemented",
+    "AmoebaWcaDispersionForce": "AMOEBA WCA dispersion is not implemented",
+    "HippoNonbondedForce": "HIPPO's polarizable nonbonded model is not implemented",
+    "DrudeForce": "Drude particles need a self-consistent or extended-Lagrangian treatment",
+    "RMSDForce": "needs the optimal superposition (Kabsch) of every conformation; not implemented",
+    "RGForce": "radius of gyration restraints are not implemented",
+    "OrientationRestraintForce": "orientation restraints need the optimal superposition; not implemented",
+    "CustomManyParticleForce": "many-particle sets with type filters are not implemented",
+    "CustomVolumeForce": "depends on the periodic box volume; TorchEnergy evaluates fixed, non-periodic Systems",
+    "GayBerneForce": "ellipsoid particles with orientations are not implemented",
+    "ATMForce": "the alchemical transfer method combines the energies of displaced Systems; not implemented",
+    "ConstantPotentialForce": "constant-potential electrodes need a charge solve under Ewald sums",
+    "LCPOForce": "the LCPO surface-area term is not implemented",
+    "PythonForce": "an arbitrary Python callback cannot be compiled to torch",
+    "TorchForce": "evaluate the TorchScript model directly; it is not merged into TorchEnergy",
+    "MonteCarloBarostat": "a barostat samples constant pressure (variable box); TorchEnergy's energies are at a fixed volume",
+    "MonteCarloAnisotropicBarostat": "a barostat samples constant pressure (variable box); TorchEnergy's energies are at a fixed volume",
+    "MonteCarloFlexibleBarostat": "a barostat samples constant pressure (variable box); TorchEnergy's energies are at a fixed volume",
+    "MonteCarloMembraneBarostat": "a barostat samples constant pressure (variable box); TorchEnergy's energies are at a fixed volume",
+    "RPMDMonteCarloBarostat": "a barostat samples constant pressure (variable box); TorchEnergy's energies are at a fixed volume",
+}
+
+
+#: Force classes whose builders implement periodic boundary conditions (minimum image in
+#: the System's default box) and refuse the periodic settings they do not.
+PERIODIC_BUILDERS = {"NonbondedForce", "GBSAOBCForce", "HarmonicBondForce", "HarmonicAngleForce", "PeriodicTorsionForce",
+                     "RBTorsionForce", "CMAPTorsionForce", "CustomBondForce", "CustomAngleForce", "CustomTorsionForce",
+                     "CustomCompoundBondForce", "CustomNonbondedForce", "CustomGBForce", "CustomHbondForce",
+                     "CustomCVForce", "CustomExternalForce", "CustomCentroidBondForce"}
+
+
 def builders() -> dict[str, Builder]:
-    """Builders by OpenMM force class name: the native ones plus ``custom.CUSTOM_BUILDERS``
-    (Lepton-compiled Custom*Force terms) when that module is present."""
+    """Builders by OpenMM force class name: the native ones, the Lepton-compiled
+    Custom*Force ones (``custom``, ``custom_groups``) and CustomCVForce (``cv``)."""
+    # Imported here: CustomCVForce compiles its variables with this very table.
+    from openmm_cmt.energy.torch_energy.cv import build_custom_cv
+
     table = dict(_NATIVE_BUILDERS)
-    try:
-        from openmm_cmt.energy.torch_energy.custom import CUSTOM_BUILDERS
-    except ModuleNotFoundError as err:
-        if err.name != "openmm_cmt.energy.torch_energy.custom":
-            raise
-        CUSTOM_BUILDERS = {}
     table.update(CUSTOM_BUILDERS)
+    table.update(GROUP_BUILDERS)
+    table["CustomCVForce"] = build_custom_cv
     return table
+
+
+def compile_force(force: openmm.Force, system: openmm.System, dtype: torch.dtype, label: str,
+                  table: "dict[str, Builder] | None" = None) -> "tuple[nn.Module | None, list[str]]":
+    """The term of one force and the problems that prevent it, each prefixed by ``label``.
+
+    Returns ``(term, [])`` on success (``term`` is None for forces without energy) and
+    ``(None, problems)`` otherwise.
+    """
+    table = builders() if table is None else table
+    kind = type(force).__name__
+    builder = table.get(kind)
+    if builder is None:
+        reason = UNSUPPORTED_REASONS.get(kind, "no builder for this force class")
+        return None, [f"{label}: force class {kind} is not supported ({reason})"]
+    try:
+        term = builder(force, system, dtype)
+    except UnsupportedSystemError as err:
+        return None, [f"{label}: {p}" for p in err.problems]
+    if force.usesPeriodicBoundaryConditions() and kind not in PERIODIC_BUILDERS:
+        return None, [f"{label}: uses periodic boundary conditions"]
+    return term, []
 
 
 def _virtual_site_problems(system: openmm.System) -> list[str]:
@@ -88,7 +148,9 @@ class TorchEnergy(nn.Module):
         """Compile ``system`` (an ``openmm.System``).
 
         Raises ``UnsupportedSystemError`` listing every force or feature that cannot be
-        compiled (periodic boxes, virtual sites, unknown force classes, ...).
+        compiled (Ewald sums, periodic forces without a periodic builder, virtual sites,
+        unsupported force classes with the reason, ...). Periodic forces use the System's
+        default box vectors: the box is fixed.
         """
         if not isinstance(system, openmm.System):
             raise ValueError(f"expected an openmm.System, got {type(system).__name__}")
@@ -99,19 +161,8 @@ class TorchEnergy(nn.Module):
         terms, names = [], []
         for index, force in enumerate(system.getForces()):
             kind = type(force).__name__
-            label = f"force {index} ({kind}, name {force.getName()!r})"
-            builder = table.get(kind)
-            if builder is None:
-                problems.append(f"{label}: force class {kind} is not supported")
-                continue
-            try:
-                term = builder(force, system, dtype)
-            except UnsupportedSystemError as err:
-                problems.extend(f"{label}: {p}" for p in err.problems)
-                continue
-            if force.usesPeriodicBoundaryConditions():
-                problems.append(f"{label}: uses periodic boundary conditions")
-                continue
+            term, found = compile_force(force, system, dtype, f"force {index} ({kind}, name {force.getName()!r})", table)
+            problems.extend(found)
             if term is not None:
                 terms.append(term)
                 names.append(f"{index}:{kind}")

@@ -22,8 +22,9 @@ another's scaled sphere). With :math:`\rho_i = R_i - 0.009` nm and
       + 4\pi\gamma \sum_i (R_i + 0.14)^2 (R_i/B_i)^6,
 
 :math:`f_{ij} = \sqrt{r^2 + B_iB_j\exp(-r^2/4B_iB_j)}`, :math:`\gamma` the surface-area
-energy. With CutoffNonPeriodic, pairs farther apart than :math:`r_c` are left out of
-both the Born sums and the pair energy.
+energy. With a cutoff, pairs farther apart than :math:`r_c` are left out of both the
+Born sums and the pair energy; CutoffPeriodic measures distances between minimum images
+in the System's box.
 """
 
 from __future__ import annotations
@@ -32,9 +33,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from openmm_cmt.energy.torch_energy._params import index_buffer, real_buffer, value
-from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
-from openmm_cmt.energy.torch_energy.geometry import distance, energy_sum
+from openmm_cmt.energy.torch_energy._params import index_buffer, periodic_box, real_buffer, value
+from openmm_cmt.energy.torch_energy.geometry import attach_box, distance, energy_sum
 from openmm_cmt.energy.torch_energy.nonbonded import ONE_4PI_EPS0
 
 DIELECTRIC_OFFSET = 0.009  # nm
@@ -49,8 +49,9 @@ class GBSAOBC(nn.Module):
     layout ``[B, N, N-1]`` (partners of atom i in row i), reduced without scatter.
     """
 
-    def __init__(self, charge, radius, scale, prefactor: float, surface_energy: float, cutoff: float):
+    def __init__(self, charge, radius, scale, prefactor: float, surface_energy: float, cutoff: float, box=None):
         super().__init__()
+        attach_box(self, box)
         n = len(charge)
         i, j = np.triu_indices(n, k=1)
         self.register_buffer("i", index_buffer(i))
@@ -59,7 +60,9 @@ class GBSAOBC(nn.Module):
         pair_of = np.zeros((n, n), dtype=np.int64)
         pair_of[i, j] = np.arange(len(i))
         pair_of[j, i] = np.arange(len(i))
-        partner = np.array([[b for b in range(n) if b != a] for a in range(n)], dtype=np.int64).reshape(n, n - 1)
+        # partners of a: 0..n-1 without a (column c holds c for c < a, c + 1 from a on)
+        column = np.arange(n - 1)[None, :]
+        partner = (column + (column >= np.arange(n)[:, None])).astype(np.int64).reshape(n, n - 1)
         self.register_buffer("ordered", index_buffer(pair_of[np.arange(n)[:, None], partner]))
         rho = radius - DIELECTRIC_OFFSET
         self.register_buffer("radius", real_buffer(radius, charge.dtype))
@@ -95,7 +98,7 @@ class GBSAOBC(nn.Module):
         return 1.0 / (1.0 / self.rho - tanh / self.radius)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        r = distance(x, self.i, self.j)
+        r = distance(x, self.i, self.j, self.box if self.periodic else None)
         born = self.born_radii(r)
         ace = energy_sum(torch.where(born > 0, self.ace * (self.radius / born) ** 6, torch.zeros_like(born)))
         self_energy = energy_sum(0.5 * self.prefactor * self.charge * self.charge / born)
@@ -110,9 +113,6 @@ class GBSAOBC(nn.Module):
 
 def build_gbsa_obc(force, system, dtype):
     method = force.getNonbondedMethod()
-    if method == force.CutoffPeriodic:
-        raise UnsupportedSystemError("GBSAOBCForce method CutoffPeriodic is not supported (only NoCutoff and "
-                                     "CutoffNonPeriodic)")
     n = force.getNumParticles()
     if n == 0:
         return None
@@ -124,5 +124,7 @@ def build_gbsa_obc(force, system, dtype):
                          f"particles {small[:10].tolist()} have radii {radius[small[:10]].tolist()}")
     solute, solvent = force.getSoluteDielectric(), force.getSolventDielectric()
     prefactor = -ONE_4PI_EPS0 * (1.0 / solute - 1.0 / solvent) if solute != 0 and solvent != 0 else 0.0
-    cutoff = value(force.getCutoffDistance()) if method == force.CutoffNonPeriodic else float("inf")
-    return GBSAOBC(real_buffer(charge, dtype), radius, scale, prefactor, value(force.getSurfaceAreaEnergy()), cutoff)
+    cutoff = value(force.getCutoffDistance()) if method != force.NoCutoff else float("inf")
+    box = periodic_box(system, cutoff, "GBSAOBCForce") if method == force.CutoffPeriodic else None
+    return GBSAOBC(real_buffer(charge, dtype), radius, scale, prefactor, value(force.getSurfaceAreaEnergy()), cutoff,
+                   box)
