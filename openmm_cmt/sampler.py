@@ -188,16 +188,22 @@ class BoltzmannGeneratorSampler:
         every = self.config.checkpoint_every
 
         def after_step(_trainer, record):
-            reporter.update(record)
             stop = any(bool(cb(self, record)) for cb in callbacks)
             if checkpoint_dir is not None and every and _trainer.step_index % every == 0:
+                start = time.perf_counter()
                 self.save(checkpoint_dir)
+                record.setdefault("phase_s", {})["checkpoint"] = time.perf_counter() - start
+            reporter.update(record)
             return stop
 
         trainer.run(total, callback=after_step)
         reporter.close()
         if checkpoint_dir is not None:
+            start = time.perf_counter()
             self.save(checkpoint_dir)
+            if trainer.history:
+                phases = trainer.history[-1].setdefault("phase_s", {})
+                phases["checkpoint"] = phases.get("checkpoint", 0.0) + time.perf_counter() - start
         return trainer.history
 
     # -- sampling -----------------------------------------------------------------------
@@ -318,6 +324,10 @@ class _Progress:
             f"ESS(flow) {record.get('reverse_ess', float('nan')):.2g} "
             f"beta {record.get('beta', float('nan')):.3f} elapsed {elapsed:.0f}s left {left:.0f}s"
         )
+        phases = record.get("phase_s") or {}
+        if phases:
+            slowest = max(phases, key=phases.get)
+            line += f" (mostly {slowest} {phases[slowest]:.1f}s)"
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
     def close(self) -> None:
