@@ -137,8 +137,9 @@ class FlowCalls:
     def _check_loss(self, x, weights, loss, grads) -> None:
         ref_loss = self._eager_loss(x, weights)
         ref_grads = self._grads(ref_loss)
+        loss, ref_loss = loss.detach(), ref_loss.detach()
         rtol = CHECK_RTOL.get(loss.dtype, 1e-3)
-        if not torch.isclose(loss.detach(), ref_loss.detach(), rtol=rtol, atol=rtol).item():
+        if not torch.isclose(loss, ref_loss, rtol=rtol, atol=rtol).item():
             raise _Mismatch(f"loss {float(loss):.9g} differs from eager {float(ref_loss):.9g}")
         pairs = [(g, r) for g, r in zip(grads, ref_grads) if r is not None or g is not None]
         if any((g is None) != (r is None) for g, r in pairs):
