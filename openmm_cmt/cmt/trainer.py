@@ -80,9 +80,11 @@ class CMTConfig:
             spread over the step's iterations, the same budget as the other paths).
         compile: ``torch.compile`` the forward-KL step, the buffer's log densities and
             the sampling (:mod:`openmm_cmt.cmt.compiled`): True, False or ``"auto"``
-            (when a backend is available, CUDA or a C++ compiler, and the run takes at
-            least ``AUTO_COMPILE_MIN_GRAD_STEPS`` gradient steps, so that compiling, tens
-            of seconds once, pays off).
+            (on CUDA, for runs of at least ``AUTO_COMPILE_MIN_GRAD_STEPS`` gradient
+            steps, so that compiling pays off). On CPU ``True`` works with a C++
+            compiler, but Inductor (torch 2.9) made the laptop flow no faster on a
+            2-core machine while compiling for minutes (BENCHMARKS.md), so ``"auto"``
+            stays eager there.
     """
 
     path: str = "cmt"
@@ -199,7 +201,7 @@ class CMTTrainer:
         if c.compile != "auto":
             return bool(c.compile)
         device = next((p.device for p in self.flow.parameters()), torch.device("cpu"))
-        return compile_available(device) and self.total_grad_steps >= AUTO_COMPILE_MIN_GRAD_STEPS
+        return device.type == "cuda" and compile_available(device) and self.total_grad_steps >= AUTO_COMPILE_MIN_GRAD_STEPS
 
     def _timed(self, phase: str, fn, *args):
         """``fn(*args)``, its wall time added to ``phase`` of the current step."""
