@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import os
-import platform as _platform
 import statistics
 import time
 import warnings
@@ -191,10 +190,6 @@ def _sync(device: torch.device) -> None:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    model = _platform.processor() or _platform.machine()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            model = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return f"cpu ({model}, {torch.get_num_threads()} threads)"
+    from openmm_cmt.bench.energy import machine_description
+
+    return f"cpu ({machine_description()}, {torch.get_num_threads()} threads)"
