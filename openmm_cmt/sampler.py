@@ -214,10 +214,12 @@ class BoltzmannGeneratorSampler:
         every = self.config.checkpoint_every
 
         def after_step(_trainer, record):
-            reporter.update(record)
             stop = any(bool(cb(self, record)) for cb in callbacks)
             if checkpoint_dir is not None and every and _trainer.step_index % every == 0:
+                start = time.perf_counter()
                 self._checkpoint(checkpoint_dir, final=False)
+                record.setdefault("phase_s", {})["checkpoint"] = time.perf_counter() - start
+            reporter.update(record)
             return stop
 
         if checkpoint_dir is None:
@@ -415,6 +417,10 @@ class _Progress:
             f"ESS(flow) {record.get('reverse_ess', float('nan')):.2g} "
             f"beta {record.get('beta', float('nan')):.3f} elapsed {elapsed:.0f}s left {left:.0f}s"
         )
+        phases = record.get("phase_s") or {}
+        if phases:
+            slowest = max(phases, key=phases.get)
+            line += f" (mostly {slowest} {phases[slowest]:.1f}s)"
         print(("\r" + line) if self.tty else line, end="" if self.tty else "\n", file=sys.stderr, flush=True)
 
     def close(self) -> None:

@@ -29,6 +29,12 @@ One annealing step i (``CMTTrainer.step``) with the current model :math:`q_i = q
 reparameterised reverse KL, :math:`E_{q_\theta}[\log q_\theta - \log\tilde p]`, each on
 ``reverse_kl_batch_size`` fresh samples (by default ``samples_per_step`` spread over
 the iterations, so that every path spends the same evaluations per step).
+
+Speed. The forward-KL step (5), the log densities of the buffer (4) and the sampling (1)
+go through :class:`openmm_cmt.cmt.compiled.FlowCalls`: ``torch.compile`` with fixed
+shapes, each kind checked against the eager flow on its first call, eager fallback
+with one warning (``CMTConfig.compile``). Every record carries the seconds spent per
+phase, ``phase_s``.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ import numpy as np
 import torch
 
 from openmm_cmt.cmt.buffer import ReplayBuffer
+from openmm_cmt.cmt.compiled import FlowCalls, compile_available
 from openmm_cmt.cmt.dual import DualSolution, annealing_step
 from openmm_cmt.cmt.paths import check_path, path_step
 from openmm_cmt.metrics.ess import reverse_ess
@@ -74,6 +81,13 @@ class CMTConfig:
             to T in n_temperatures geometric rungs.
         reverse_kl_batch_size: samples per reverse-KL iteration (None: samples_per_step
             spread over the step's iterations, the same budget as the other paths).
+        compile: ``torch.compile`` the forward-KL step, the buffer's log densities and
+            the sampling (:mod:`openmm_cmt.cmt.compiled`): True, False or ``"auto"``
+            (on CUDA, for runs of at least ``AUTO_COMPILE_MIN_GRAD_STEPS`` gradient
+            steps, so that compiling pays off). On CPU ``True`` works with a C++
+            compiler, but Inductor (torch 2.9) made the laptop flow no faster on a
+            2-core machine while compiling for minutes (BENCHMARKS.md), so ``"auto"``
+            stays eager there.
     """
 
     path: str = "cmt"
@@ -95,9 +109,12 @@ class CMTConfig:
     t_high_factor: float = 4.0
     n_temperatures: int = 5
     reverse_kl_batch_size: int | None = None
+    compile: bool | str = "auto"
 
     def __post_init__(self):
         check_path(self.path)
+        if self.compile not in (True, False, "auto"):
+            raise ValueError(f"compile must be True, False or 'auto', got {self.compile!r}")
         for name in ("n_steps", "samples_per_step", "buffer_size", "grad_steps_per_step", "batch_size"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
@@ -129,6 +146,15 @@ class CMTConfig:
         return [base + (k < extra) for k in range(self.grad_steps_per_step)]
 
 
+#: ``compile="auto"`` compiles runs of at least this many gradient steps in total.
+AUTO_COMPILE_MIN_GRAD_STEPS = 2000
+
+#: Keys of a record's ``phase_s``: seconds spent drawing samples, evaluating the target,
+#: choosing the next density, updating and reweighting the buffer, fitting the flow,
+#: and writing checkpoints (filled in by whoever writes them; 0 here).
+PHASES = ("sample", "energy", "dual", "buffer", "fit", "checkpoint")
+
+
 class CMTTrainer:
     """Fits ``flow`` (``sample(n) -> (x, log_q)``, ``log_prob(x) -> [B]``; x with any
     per-sample shape) to ``target`` (``log_prob``, ``n_evaluations``) along
@@ -138,8 +164,11 @@ class CMTTrainer:
         history: one dict per annealing step: step, path, lam, eta, alpha, beta, kl,
             entropy_drop, ess (of the step weights), log_z, is_final, dual_iterations,
             dual_converged, evaluations (target evaluations so far), loss (mean over the
-            step's gradient steps), lr, step_wall_s, wall_s (cumulative).
+            step's gradient steps), lr, step_wall_s, wall_s (cumulative), phase_s
+            (seconds per phase of ``PHASES``; ``checkpoint`` is 0 unless the caller that
+            writes checkpoints adds its time).
         n_evaluations: target evaluations made by this trainer (survives resume).
+        calls: the flow calls of the hot loops (compiled or eager, ``FlowCalls``).
     """
 
     def __init__(self, flow: torch.nn.Module, target, config: CMTConfig | None = None):
@@ -161,6 +190,8 @@ class CMTTrainer:
             else None
         )
         self.buffer = ReplayBuffer(config.buffer_size)
+        self.calls = FlowCalls(flow, self._compile_enabled(), config.batch_size)
+        self._phase = dict.fromkeys(PHASES, 0.0)
         self.step_index = 0
         self.grad_step_index = 0
         self.n_evaluations = 0
@@ -168,22 +199,39 @@ class CMTTrainer:
         self.history: list[dict] = []
         self._init = (1.0, 1.0)
 
+    def _compile_enabled(self) -> bool:
+        c = self.config
+        if c.compile != "auto":
+            return bool(c.compile)
+        device = next((p.device for p in self.flow.parameters()), torch.device("cpu"))
+        return device.type == "cuda" and compile_available(device) and self.total_grad_steps >= AUTO_COMPILE_MIN_GRAD_STEPS
+
+    def _timed(self, phase: str, fn, *args):
+        """``fn(*args)``, its wall time added to ``phase`` of the current step."""
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            self._phase[phase] += time.perf_counter() - start
+
     # -- target evaluations, counted exactly -------------------------------------------
     def _log_p(self, x: torch.Tensor) -> torch.Tensor:
+        start = time.perf_counter()
         before = self.target.n_evaluations
         out = self.target.log_prob(x)
         self.n_evaluations += self.target.n_evaluations - before
-        return out.to(torch.float64)
+        out = out.to(torch.float64)
+        self._phase["energy"] += time.perf_counter() - start
+        return out
 
     def _log_q(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            chunks = [self.flow.log_prob(x[i : i + 8192]) for i in range(0, x.shape[0], 8192)]
-        return torch.cat(chunks).to(torch.float64)
+        return self.calls.log_prob(x).to(torch.float64)
 
     # -- one annealing step --------------------------------------------------------------
     def step(self) -> dict:
         """One annealing step; returns (and appends to ``history``) its record."""
         t0 = time.perf_counter()
+        self._phase = dict.fromkeys(PHASES, 0.0)
         if self.config.path == "reverse-kl":
             solution, losses = self._reverse_kl_step()
         else:
@@ -203,6 +251,7 @@ class CMTTrainer:
             lr=self.optimizer.param_groups[0]["lr"],
             step_wall_s=elapsed,
             wall_s=self.wall_s,
+            phase_s=dict(self._phase),
         )
         self.history.append(record)
         self.step_index += 1
@@ -210,12 +259,13 @@ class CMTTrainer:
 
     def _annealing_step(self) -> tuple[DualSolution, list[float]]:
         c = self.config
+        x, log_q_gen = self._timed("sample", self.calls.sample, c.samples_per_step)
         with torch.no_grad():
-            x, log_q_gen = self.flow.sample(c.samples_per_step)
             log_p = self._log_p(x)
         log_q_gen = log_q_gen.detach().to(torch.float64)
         if not torch.isfinite(log_q_gen).all():
             raise ValueError("the flow returned non-finite log densities for its own samples")
+        start = time.perf_counter()
         # How far the current flow is from the target itself, on samples already paid for.
         self._reverse_ess = reverse_ess(log_p - log_q_gen)
         solution = path_step(
@@ -223,14 +273,23 @@ class CMTTrainer:
             n_geometric=c.n_geometric or c.n_steps, t_high_factor=c.t_high_factor,
             n_temperatures=c.n_temperatures, init=self._init,
         )
+        self._phase["dual"] += time.perf_counter() - start
+        start = time.perf_counter()
         n_drop = int(math.floor(c.drop_top_energy_fraction * x.shape[0]))
         keep = torch.argsort(log_p, descending=True, stable=True)[: x.shape[0] - n_drop].sort().values
         self.buffer.push(x[keep], log_q_gen[keep], log_p[keep])
-
-        buf_x = self.buffer.x
         log_w = self.buffer_log_weights(solution)
+        self._phase["buffer"] += time.perf_counter() - start
+        losses = self._timed("fit", self._fit, self.buffer.x, log_w)
+        return solution, losses
+
+    def _fit(self, buf_x: torch.Tensor, log_w: torch.Tensor) -> list[float]:
+        """``grad_steps_per_step`` optimiser steps of the importance-weighted forward KL on
+        uniform minibatches of the buffer (reshuffled when fewer than a full minibatch
+        remain, so every minibatch has the same size); returns the losses."""
+        c = self.config
         losses = []
-        n = len(self.buffer)
+        n = buf_x.shape[0]
         order = torch.randperm(n, generator=self.generator)
         cursor = 0
         for _ in range(c.grad_steps_per_step):
@@ -239,9 +298,9 @@ class CMTTrainer:
             idx = order[cursor : cursor + c.batch_size]
             cursor += idx.numel()
             weights = torch.softmax(log_w[idx], 0)
-            log_q = self.flow.log_prob(buf_x[idx]).to(torch.float64)
-            losses.append(self._optimise(-(weights * log_q).sum()))
-        return solution, losses
+            loss, grads = self.calls.loss_and_grads(buf_x[idx], weights)
+            losses.append(self._apply(loss, grads))
+        return losses
 
     def buffer_log_weights(self, solution: DualSolution) -> torch.Tensor:
         """log q_{i+1}(x) - log q_gen(x) for every buffer sample, with q_i the current
@@ -254,28 +313,40 @@ class CMTTrainer:
         c = self.config
         losses, solution = [], None
         for batch in c.reverse_kl_batches():
-            x, log_q = self.flow.sample(batch)
+            x, log_q = self._timed("sample", self.flow.sample, batch)
             log_p = self._log_p(x)
             log_q = log_q.to(torch.float64)
             if solution is None:
                 # Diagnostics of the model at the start of the step, on samples already paid for.
+                start = time.perf_counter()
                 solution = annealing_step(log_q.detach(), log_p.detach(), 0.0, 1.0)
                 self._reverse_ess = solution.ess
-            losses.append(self._optimise((log_q - log_p).mean()))
+                self._phase["dual"] += time.perf_counter() - start
+            losses.append(self._timed("fit", self._optimise, (log_q - log_p).mean()))
         return solution, losses
 
     def _optimise(self, loss: torch.Tensor) -> float:
+        self._check_finite(loss)
+        grads = torch.autograd.grad(loss, self.calls.params, allow_unused=True)
+        return self._apply(loss.detach(), grads)
+
+    def _check_finite(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):
             raise ValueError(f"non-finite training loss at annealing step {self.step_index}: {float(loss)}")
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+
+    def _apply(self, loss: torch.Tensor, grads) -> float:
+        """One optimiser step with the gradient ``grads`` (one per trainable parameter)."""
+        self._check_finite(loss)
+        for p, g in zip(self.calls.params, grads):
+            p.grad = g
         if self.config.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(self.flow.parameters(), self.config.grad_clip)
+            torch.nn.utils.clip_grad_norm_(self.calls.params, self.config.grad_clip)
         self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.grad_step_index += 1
         if self.scheduler is not None and self.grad_step_index <= self.total_grad_steps:
             self.scheduler.step()
-        return float(loss.detach())
+        return float(loss)
 
     def run(self, n_steps: int | None = None, callback: Callable | None = None) -> list[dict]:
         """Annealing steps until ``n_steps`` (default ``config.n_steps``) have been taken in

@@ -129,6 +129,14 @@ class SplineCoupling(nn.Module):
         self.size_unbounded = self.n_unbounded * (3 * k - 1)
         n_features = 2 * int(self.cond_circular.numel()) + int(self.cond_linear.numel())
         self.conditioner = MLP(n_features, self.size_circular + self.size_bounded + self.size_unbounded, hidden, depth)
+        # The output is one gather from [z, y_circular, y_bounded, y_unbounded]: column i
+        # of the output is column out_index[i] there. A gather (not index_copy into z)
+        # keeps torch.compile's backward exact; Inductor on CPU (torch 2.9) returned wrong
+        # gradients for chained index_copy.
+        out_index = list(range(dim))
+        for position, i in enumerate(self.t_circular.tolist() + self.t_bounded.tolist() + self.t_unbounded.tolist()):
+            out_index[i] = dim + position
+        self.register_buffer("out_index", torch.tensor(out_index, dtype=torch.long), persistent=False)
 
     def _features(self, z: torch.Tensor) -> torch.Tensor:
         angles = z.index_select(1, self.cond_circular)
@@ -138,7 +146,7 @@ class SplineCoupling(nn.Module):
         batch = z.shape[0]
         params = self.conditioner(self._features(z))
         k = self.n_bins
-        out = z
+        columns = [z]
         logdet = torch.zeros(batch, dtype=z.dtype, device=z.device)
         start = 0
         if self.n_circular > 0:
@@ -147,7 +155,7 @@ class SplineCoupling(nn.Module):
             y, ld = circular_rational_quadratic_spline(
                 z.index_select(1, self.t_circular), p[..., :k], p[..., k : 2 * k], p[..., 2 * k :], inverse=inverse
             )
-            out = out.index_copy(1, self.t_circular, y)
+            columns.append(y)
             logdet = logdet + ld.sum(1)
         if self.n_bounded > 0:
             p = params[:, start : start + self.size_bounded].reshape(batch, self.n_bounded, 3 * k + 1)
@@ -155,16 +163,16 @@ class SplineCoupling(nn.Module):
             y, ld = rational_quadratic_spline(
                 z.index_select(1, self.t_bounded), p[..., :k], p[..., k : 2 * k], p[..., 2 * k :], inverse=inverse
             )
-            out = out.index_copy(1, self.t_bounded, y)
+            columns.append(y)
             logdet = logdet + ld.sum(1)
         if self.n_unbounded > 0:
             p = params[:, start : start + self.size_unbounded].reshape(batch, self.n_unbounded, 3 * k - 1)
             y, ld = unbounded_rational_quadratic_spline(
                 z.index_select(1, self.t_unbounded), p[..., :k], p[..., k : 2 * k], p[..., 2 * k :], self.tail_bound, inverse=inverse
             )
-            out = out.index_copy(1, self.t_unbounded, y)
+            columns.append(y)
             logdet = logdet + ld.sum(1)
-        return out, logdet
+        return torch.cat(columns, dim=1).index_select(1, self.out_index), logdet
 
 
 class TorsionShift(nn.Module):
@@ -178,10 +186,16 @@ class TorsionShift(nn.Module):
         phases = (torch.rand(len(circular), generator=generator, dtype=torch.float64) * 2.0 - 1.0) * math.pi
         self.register_buffer("phase", phases.to(torch.get_default_dtype()))
 
+        mask = torch.zeros(len(kinds), dtype=torch.bool)
+        mask[circular] = True
+        self.register_buffer("is_circular", mask, persistent=False)
+
     def forward(self, z: torch.Tensor, inverse: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        shift = -self.phase if inverse else self.phase
-        angles = wrap_angle(z.index_select(1, self.index) + shift)
-        return z.index_copy(1, self.index, angles), torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+        # Element-wise over all dimensions (no index_copy, see SplineCoupling.forward).
+        phase = torch.zeros(z.shape[1], dtype=z.dtype, device=z.device).index_put((self.index,), self.phase.to(z.dtype))
+        shift = -phase if inverse else phase
+        out = torch.where(self.is_circular, wrap_angle(z + shift), z)
+        return out, torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
 
 
 def coupling_masks(dim: int, n_layers: int, scheme: str = "alternating", generator: torch.Generator | None = None) -> List[List[int]]:

@@ -96,6 +96,19 @@ def _check_params(inputs: torch.Tensor, widths: torch.Tensor, heights: torch.Ten
         )
 
 
+@torch.jit.unused
+def _dynamo_compiling() -> bool:
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling()) if is_compiling is not None else False
+
+
+def _compiling() -> bool:
+    """Whether ``torch.compile`` is tracing this call (never under TorchScript)."""
+    if torch.jit.is_scripting():
+        return False
+    return _dynamo_compiling()
+
+
 def _spline(
     inputs: torch.Tensor,
     cumwidths: torch.Tensor,
@@ -105,15 +118,27 @@ def _spline(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The spline given knots ``[..., K + 1]`` and slopes ``[..., K + 1]``; inputs inside."""
     knots = cumheights if inverse else cumwidths
-    # Bin index = number of interior knots at or left of the input, in [0, K - 1].
-    bin_idx = torch.sum(inputs.unsqueeze(-1) >= knots[..., 1:-1], dim=-1)
-
-    x_k = _gather(cumwidths, bin_idx)
-    w_k = _gather(cumwidths, bin_idx + 1) - x_k
-    y_k = _gather(cumheights, bin_idx)
-    h_k = _gather(cumheights, bin_idx + 1) - y_k
-    d_k = _gather(derivatives, bin_idx)
-    d_k1 = _gather(derivatives, bin_idx + 1)
+    if _compiling():
+        # Under torch.compile the bin's knots are selected by a chain of ``where`` over
+        # the K bins: element-wise, so Inductor fuses it, and its backward has no
+        # scatter. (Inductor on CPU, torch 2.9, fused the scatter-add backward of
+        # ``gather`` into wrong gradients.) Eagerly, gathers are faster.
+        x_k, x_k1 = cumwidths[..., 0], cumwidths[..., 1]
+        y_k, y_k1 = cumheights[..., 0], cumheights[..., 1]
+        d_k, d_k1 = derivatives[..., 0], derivatives[..., 1]
+        for k in range(1, cumwidths.shape[-1] - 1):
+            right_of = inputs >= knots[..., k]
+            x_k, x_k1 = torch.where(right_of, cumwidths[..., k], x_k), torch.where(right_of, cumwidths[..., k + 1], x_k1)
+            y_k, y_k1 = torch.where(right_of, cumheights[..., k], y_k), torch.where(right_of, cumheights[..., k + 1], y_k1)
+            d_k, d_k1 = torch.where(right_of, derivatives[..., k], d_k), torch.where(right_of, derivatives[..., k + 1], d_k1)
+    else:
+        # Bin index = number of interior knots at or left of the input, in [0, K - 1].
+        bin_idx = torch.sum(inputs.unsqueeze(-1) >= knots[..., 1:-1], dim=-1)
+        x_k, x_k1 = _gather(cumwidths, bin_idx), _gather(cumwidths, bin_idx + 1)
+        y_k, y_k1 = _gather(cumheights, bin_idx), _gather(cumheights, bin_idx + 1)
+        d_k, d_k1 = _gather(derivatives, bin_idx), _gather(derivatives, bin_idx + 1)
+    w_k = x_k1 - x_k
+    h_k = y_k1 - y_k
     s_k = h_k / w_k
     curvature = d_k + d_k1 - 2.0 * s_k
 

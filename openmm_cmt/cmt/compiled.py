@@ -1,0 +1,230 @@
+r"""``torch.compile`` for the flow calls in the trainer's hot loops, checked against eager.
+
+The trainer makes three kinds of flow calls many times per annealing step:
+
+* ``loss_and_grads(x, w)``: the weighted forward-KL loss :math:`-\sum_k w_k \log q(x_k)`
+  of one minibatch and its gradient with respect to the trainable parameters;
+* ``log_prob(x)``: :math:`\log q` of the whole replay buffer, without gradient;
+* ``sample(n)``: fresh samples and their :math:`\log q`, without gradient.
+
+``FlowCalls`` runs each through ``torch.compile`` (Inductor) when asked, with fixed
+shapes so that every kind compiles once: the loss only for full minibatches of
+``batch_size`` (any other size runs eagerly), ``log_prob`` and sampling in chunks of
+``chunk_size`` rows, the last chunk padded to full size and the padding dropped.
+
+Sampling is compiled only for flows that split it into a random draw and a
+deterministic map (``sample_latent(n)``, ``latent_to_positions(z)``,
+``prior_log_prob(z)``, as ``openmm_cmt.flows.Generator`` does): the latent draw stays
+eager, so compiled and eager runs consume the random streams identically and draw the
+same samples. Other flows sample eagerly.
+
+The first compiled call of each kind is compared with the eager flow on the same
+inputs: the loss and the norm of the gradient (and of the difference of the two
+gradients) for the training step; values for the others. If compilation fails or the
+results disagree, one ``RuntimeWarning`` names the reason and that kind of call runs
+eagerly from then on, so a miscompiled graph can never train the flow silently.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+
+import torch
+
+#: Relative agreement required of the first compiled call of each kind: fusion changes
+#: the rounding, a miscompiled graph is wrong at order one.
+CHECK_RTOL = {torch.float64: 1e-6, torch.float32: 1e-3, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+KINDS = ("loss", "log_prob", "sample")
+
+
+def compile_available(device: torch.device) -> bool:
+    """Whether ``torch.compile`` can generate code for ``device``: CUDA (Triton ships
+    with CUDA builds of torch), or CPU with a C++ compiler on PATH."""
+    if not hasattr(torch, "compile"):
+        return False
+    if device.type == "cuda":
+        return True
+    return device.type == "cpu" and any(shutil.which(cc) for cc in ("c++", "g++", "clang++"))
+
+
+def _flow_device_dtype(flow: torch.nn.Module) -> tuple[torch.device, torch.dtype]:
+    for p in flow.parameters():
+        return p.device, p.dtype
+    return torch.device("cpu"), torch.get_default_dtype()
+
+
+def _pad_rows(x: torch.Tensor, size: int) -> torch.Tensor:
+    """``x`` with copies of its first row appended up to ``size`` rows (valid inputs, so
+    the padding cannot produce NaN in the rows that are kept)."""
+    missing = size - x.shape[0]
+    if missing <= 0:
+        return x
+    return torch.cat([x, x[:1].expand(missing, *x.shape[1:])])
+
+
+class FlowCalls:
+    """The trainer's flow calls, compiled where enabled and verified (module docstring).
+
+    Args:
+        flow: a module with ``sample(n) -> (x, log_q)`` and ``log_prob(x) -> [n]``.
+        enabled: compile (True) or always run eagerly (False).
+        batch_size: the minibatch size whose loss is compiled.
+        chunk_size: rows per compiled ``log_prob`` / sampling call.
+
+    Attributes:
+        compiled: per kind (``loss``, ``log_prob``, ``sample``), whether calls of that kind
+            currently go through the compiled graph (False after a fallback).
+        checked: kinds whose first compiled call has been verified.
+    """
+
+    def __init__(self, flow: torch.nn.Module, enabled: bool, batch_size: int, chunk_size: int = 8192):
+        if not (isinstance(batch_size, int) and batch_size >= 1 and isinstance(chunk_size, int) and chunk_size >= 1):
+            raise ValueError(f"batch_size and chunk_size must be positive integers, got {batch_size!r}, {chunk_size!r}")
+        self.flow = flow
+        self.batch_size = batch_size
+        self.chunk_size = chunk_size
+        self.params = [p for p in flow.parameters() if p.requires_grad]
+        can_sample = all(hasattr(flow, a) for a in ("sample_latent", "latent_to_positions", "prior_log_prob"))
+        self.compiled = {"loss": bool(enabled), "log_prob": bool(enabled), "sample": bool(enabled) and can_sample}
+        self.checked: set[str] = set()
+        self._fns = {}
+        if enabled:
+            self._fns = {
+                "loss": torch.compile(self._eager_loss, dynamic=False),
+                "log_prob": torch.compile(self._eager_log_prob, dynamic=False),
+                "sample": torch.compile(self._eager_latent_map, dynamic=False) if can_sample else None,
+            }
+
+    # -- the eager definitions (also the reference of the checks) -----------------------
+    def _eager_loss(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        log_q = self.flow.log_prob(x)
+        return -(weights.to(log_q.dtype) * log_q).sum()
+
+    def _eager_log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        return self.flow.log_prob(x)
+
+    def _eager_latent_map(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, logdet = self.flow.latent_to_positions(z)
+        return x, self.flow.prior_log_prob(z) - logdet
+
+    # -- dispatch -------------------------------------------------------------------------
+    def _fallback(self, kind: str, reason: str) -> None:
+        self.compiled[kind] = False
+        warnings.warn(f"torch.compile of the flow's {kind} call {reason}; running it eagerly from now on",
+                      RuntimeWarning, stacklevel=4)
+
+    def _grads(self, loss: torch.Tensor) -> list[torch.Tensor | None]:
+        return list(torch.autograd.grad(loss, self.params, allow_unused=True))
+
+    def loss_and_grads(self, x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+        """The weighted forward-KL loss of a minibatch (detached) and its gradient, one
+        entry per trainable parameter (None where the loss does not depend on it)."""
+        if self.compiled["loss"] and x.shape[0] == self.batch_size:
+            try:
+                loss = self._fns["loss"](x, weights)
+                grads = self._grads(loss)
+                if "loss" not in self.checked:
+                    self._check_loss(x, weights, loss, grads)
+                    self.checked.add("loss")
+                return loss.detach(), grads
+            except Exception as err:  # compilation errors surface at the first (backward) call
+                self._fallback("loss", _describe(err))
+        loss = self._eager_loss(x, weights)
+        return loss.detach(), self._grads(loss)
+
+    def _check_loss(self, x, weights, loss, grads) -> None:
+        ref_loss = self._eager_loss(x, weights)
+        ref_grads = self._grads(ref_loss)
+        loss, ref_loss = loss.detach(), ref_loss.detach()
+        rtol = CHECK_RTOL.get(loss.dtype, 1e-3)
+        if not torch.isclose(loss, ref_loss, rtol=rtol, atol=rtol).item():
+            raise _Mismatch(f"loss {float(loss):.9g} differs from eager {float(ref_loss):.9g}")
+        pairs = [(g, r) for g, r in zip(grads, ref_grads) if r is not None or g is not None]
+        if any((g is None) != (r is None) for g, r in pairs):
+            raise _Mismatch("gradient differs from eager in which parameters it reaches")
+        pairs = [(g, r) for g, r in pairs if r is not None]
+        norm = _norm([g for g, _ in pairs])
+        ref_norm = _norm([r for _, r in pairs])
+        diff = _norm([g - r for g, r in pairs])
+        if not (torch.isfinite(norm) and torch.isclose(norm, ref_norm, rtol=rtol, atol=rtol * 1e-3)):
+            raise _Mismatch(f"gradient norm {float(norm):.9g} differs from eager {float(ref_norm):.9g}")
+        if diff > rtol * ref_norm + rtol * 1e-3:
+            raise _Mismatch(f"gradient differs from eager by {float(diff):.3g} (norm {float(ref_norm):.3g})")
+
+    @torch.no_grad()
+    def log_prob(self, x: torch.Tensor) -> torch.Tensor:
+        """``log q(x)`` for any number of rows, in chunks of ``chunk_size``."""
+        out = []
+        for start in range(0, x.shape[0], self.chunk_size):
+            chunk = x[start : start + self.chunk_size]
+            out.append(self._log_prob_chunk(chunk)[: chunk.shape[0]])
+        return torch.cat(out) if out else self.flow.log_prob(x)
+
+    def _log_prob_chunk(self, chunk: torch.Tensor) -> torch.Tensor:
+        if self.compiled["log_prob"]:
+            try:
+                values = self._fns["log_prob"](_pad_rows(chunk, self.chunk_size))
+                if "log_prob" not in self.checked:
+                    _check_close("log_prob", values[: chunk.shape[0]], self._eager_log_prob(chunk))
+                    self.checked.add("log_prob")
+                return values
+            except Exception as err:
+                self._fallback("log_prob", _describe(err))
+        return self._eager_log_prob(chunk)
+
+    @torch.no_grad()
+    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``flow.sample(n)`` without gradient; the same draws as the eager call."""
+        if not self.compiled["sample"]:
+            return self.flow.sample(n)
+        z = self.flow.sample_latent(n)
+        xs, log_qs = [], []
+        for start in range(0, n, self.chunk_size):
+            chunk = z[start : start + self.chunk_size]
+            x, log_q = self._sample_chunk(chunk)
+            xs.append(x[: chunk.shape[0]])
+            log_qs.append(log_q[: chunk.shape[0]])
+        return torch.cat(xs), torch.cat(log_qs)
+
+    def _sample_chunk(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.compiled["sample"]:
+            try:
+                x, log_q = self._fns["sample"](_pad_rows(z, self.chunk_size))
+                if "sample" not in self.checked:
+                    ref_x, ref_log_q = self._eager_latent_map(z)
+                    _check_close("sample positions", x[: z.shape[0]], ref_x)
+                    _check_close("sample log_q", log_q[: z.shape[0]], ref_log_q)
+                    self.checked.add("sample")
+                return x, log_q
+            except Exception as err:
+                self._fallback("sample", _describe(err))
+        return self._eager_latent_map(z)
+
+
+class _Mismatch(RuntimeError):
+    """The compiled result disagrees with the eager one."""
+
+
+def _describe(err: Exception) -> str:
+    if isinstance(err, _Mismatch):
+        return f"disagrees with the eager flow ({err})"
+    first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+    return f"failed ({type(err).__name__}: {first[:300]})"
+
+
+def _norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    if not tensors:
+        return torch.zeros((), dtype=torch.float64)
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(t.double()) for t in tensors]))
+
+
+def _check_close(what: str, value: torch.Tensor, reference: torch.Tensor) -> None:
+    rtol = CHECK_RTOL.get(reference.dtype, 1e-3)
+    finite = torch.isfinite(reference)
+    if not torch.equal(finite, torch.isfinite(value)):
+        raise _Mismatch(f"{what}: finite where eager is not, or the reverse")
+    if not torch.allclose(value[finite], reference[finite], rtol=rtol, atol=rtol):
+        err = float((value[finite] - reference[finite]).abs().max())
+        raise _Mismatch(f"{what} differ from eager by up to {err:.3g}")

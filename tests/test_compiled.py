@@ -1,0 +1,209 @@
+"""Compiled flow calls of the trainer: checked against eager, one-warning fallback, phase timing."""
+
+import math
+import re
+import warnings
+
+import pytest
+import torch
+
+import openmm_cmt  # noqa: F401  (torch before openmm)
+from openmm_cmt.cmt import CMTConfig, CMTTrainer
+from openmm_cmt.cmt import compiled as compiled_module
+from openmm_cmt.cmt.compiled import FlowCalls, compile_available
+from openmm_cmt.cmt.trainer import AUTO_COMPILE_MIN_GRAD_STEPS, PHASES
+from openmm_cmt.flows import EuclideanFlow
+from openmm_cmt.systems.toy import gmm40
+
+
+def small_flow(seed=0):
+    return EuclideanFlow(2, n_layers=2, hidden=16, n_bins=8, prior_scale=20.0, tail_bound=60.0, seed=seed)
+
+
+def small_config(**kw):
+    base = dict(n_steps=2, samples_per_step=256, buffer_size=512, grad_steps_per_step=4, batch_size=128, seed=3)
+    base.update(kw)
+    return CMTConfig(**base)
+
+
+def _fake_compile(make):
+    """A stand-in for torch.compile: ``make(fn)`` is what the 'compiled' function does."""
+    return lambda fn, **kwargs: make(fn)
+
+
+def _batch(flow, n=128, seed=0):
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        x, _ = flow.sample(n)
+    weights = torch.softmax(torch.randn(n, dtype=torch.float64), 0)
+    return x, weights
+
+
+def test_compiled_loss_gradient_and_log_prob_match_eager():
+    """The real torch.compile on a small flow: verified on the first call and kept."""
+    if not compile_available(torch.device("cpu")):
+        pytest.skip("no C++ compiler for torch.compile on CPU")
+    flow = small_flow()
+    x, weights = _batch(flow)
+    compiled, eager = FlowCalls(flow, True, 128, chunk_size=100), FlowCalls(flow, False, 128)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a fallback would warn
+        loss, grads = compiled.loss_and_grads(x, weights)
+        log_q = compiled.log_prob(torch.cat([x, x[:50]]))  # 178 rows: one full chunk, one padded
+    assert compiled.checked == {"loss", "log_prob"} and compiled.compiled["loss"] and compiled.compiled["log_prob"]
+    ref_loss, ref_grads = eager.loss_and_grads(x, weights)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-4, atol=1e-4)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-3, atol=1e-4)
+    with torch.no_grad():
+        ref_log_q = flow.log_prob(torch.cat([x, x[:50]]))
+    torch.testing.assert_close(log_q, ref_log_q, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("kind", ["wrong-loss", "wrong-gradient", "error"])
+def test_disagreeing_or_failing_compile_falls_back_with_one_warning(monkeypatch, kind):
+    def make(fn):
+        def compiled(x, weights=None):
+            if weights is None:
+                return fn(x)
+            if kind == "error":
+                raise RuntimeError("inductor exploded")
+            loss = fn(x, weights)
+            if kind == "wrong-loss":
+                return loss * 1.5
+            # Same value, twice the gradient: only the gradient check can see it.
+            return 2.0 * loss - loss.detach()
+        return compiled
+
+    monkeypatch.setattr(compiled_module.torch, "compile", _fake_compile(make))
+    flow = small_flow()
+    x, weights = _batch(flow)
+    calls, eager = FlowCalls(flow, True, 128), FlowCalls(flow, False, 128)
+    with pytest.warns(RuntimeWarning, match="loss call") as record:
+        loss, grads = calls.loss_and_grads(x, weights)
+    assert len(record) == 1
+    expected = {"wrong-loss": "loss .* differs", "wrong-gradient": "gradient", "error": "inductor exploded"}[kind]
+    assert re.search(expected, str(record[0].message))
+    assert not calls.compiled["loss"]
+    ref_loss, ref_grads = eager.loss_and_grads(x, weights)
+    assert torch.equal(loss, ref_loss)
+    assert all(torch.equal(g, r) for g, r in zip(grads, ref_grads))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second warning
+        calls.loss_and_grads(x, weights)
+
+
+def test_fallback_of_log_prob_and_sampling(monkeypatch):
+    from openmm_cmt.flows import Generator
+    from openmm_cmt.systems import resolve
+
+    monkeypatch.setattr(compiled_module.torch, "compile", _fake_compile(lambda fn: lambda *a: _shifted(fn(*a))))
+    generator = Generator.from_system(resolve("alanine-dipeptide"), preset="cpu", n_layers=2, hidden=8, depth=1)
+    calls = FlowCalls(generator, True, 64, chunk_size=50)
+    torch.manual_seed(0)
+    with pytest.warns(RuntimeWarning, match="sample call"):
+        x, log_q = calls.sample(70)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        ref_x, ref_log_q = generator.sample(70)
+        with pytest.warns(RuntimeWarning, match="log_prob call"):
+            values = calls.log_prob(x)
+        ref_values = generator.log_prob(x)
+    torch.testing.assert_close(x, ref_x, rtol=0, atol=1e-5)
+    torch.testing.assert_close(log_q, ref_log_q, rtol=0, atol=1e-3)
+    torch.testing.assert_close(values, ref_values, rtol=0, atol=1e-3)
+
+
+def _shifted(out):
+    return tuple(t + 1.0 for t in out) if isinstance(out, tuple) else out + 1.0
+
+
+def test_compiled_sampling_draws_the_same_samples_in_fixed_chunks(monkeypatch):
+    """With an exact 'compiler' the chunked, padded path reproduces flow.sample."""
+    from openmm_cmt.flows import Generator
+    from openmm_cmt.systems import resolve
+
+    seen_shapes = set()
+
+    def make(fn):
+        def run(*args):
+            seen_shapes.add(tuple(args[0].shape))
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(compiled_module.torch, "compile", _fake_compile(make))
+    generator = Generator.from_system(resolve("alanine-dipeptide"), preset="cpu", n_layers=2, hidden=8, depth=1)
+    calls = FlowCalls(generator, True, 64, chunk_size=32)
+    torch.manual_seed(5)
+    x, log_q = calls.sample(75)
+    torch.manual_seed(5)
+    with torch.no_grad():
+        ref_x, ref_log_q = generator.sample(75)
+    torch.testing.assert_close(x, ref_x, rtol=0, atol=1e-5)
+    torch.testing.assert_close(log_q, ref_log_q, rtol=0, atol=1e-3)
+    assert seen_shapes == {(32, generator.dim)}  # every call full-size: one compilation
+    assert calls.checked == {"sample"}
+
+
+def test_trainer_with_an_exact_compiler_equals_eager(monkeypatch):
+    """The dispatch (full batches compiled, buffer log q chunked) changes no number."""
+    shapes = []
+
+    def make(fn):
+        def run(*args):
+            shapes.append(tuple(args[0].shape))
+            return fn(*args)
+        return run
+
+    eager = CMTTrainer(small_flow(), gmm40().target(), small_config(compile=False))
+    eager.run()
+    monkeypatch.setattr(compiled_module.torch, "compile", _fake_compile(make))
+    compiled = CMTTrainer(small_flow(), gmm40().target(), small_config(compile=True))
+    compiled.run()
+    assert compiled.calls.checked == {"loss", "log_prob"}
+    assert set(shapes) == {(128, 2), (8192, 2)}  # minibatches and padded log q chunks only
+    for (name, a), (_, b) in zip(eager.flow.state_dict().items(), compiled.flow.state_dict().items()):
+        assert torch.equal(a, b), name
+    strip = lambda h: [{k: v for k, v in r.items() if "wall" not in k and k != "phase_s"} for r in h]
+    assert strip(eager.history) == strip(compiled.history)
+
+
+def test_compile_setting_is_validated_and_auto_needs_a_long_run():
+    with pytest.raises(ValueError, match="compile"):
+        CMTConfig(compile="yes")
+    short = CMTTrainer(small_flow(), gmm40().target(), small_config())
+    assert not any(short.calls.compiled.values())
+    long_config = small_config(n_steps=AUTO_COMPILE_MIN_GRAD_STEPS // 4, grad_steps_per_step=4)
+    long = CMTTrainer(small_flow(), gmm40().target(), long_config)
+    assert not long.calls.compiled["loss"]  # CPU: eager unless asked (no speed-up there)
+    if torch.cuda.is_available():
+        cuda = CMTTrainer(small_flow().cuda(), gmm40().target(), long_config)
+        assert cuda.calls.compiled["loss"]
+
+
+@pytest.mark.parametrize("path", ["cmt", "reverse-kl"])
+def test_every_record_times_its_phases(path):
+    trainer = CMTTrainer(small_flow(), gmm40().target(), small_config(path=path))
+    for record in trainer.run():
+        phases = record["phase_s"]
+        assert tuple(phases) == PHASES
+        assert all(v >= 0 and math.isfinite(v) for v in phases.values())
+        assert phases["checkpoint"] == 0.0
+        assert phases["sample"] > 0 and phases["energy"] > 0 and phases["fit"] > 0
+        assert sum(phases.values()) <= record["step_wall_s"] + 1e-6
+
+
+def test_sampler_adds_checkpoint_time_and_progress_names_the_slowest_phase(tmp_path, capsys):
+    from openmm_cmt.presets import preset
+    from openmm_cmt.sampler import BoltzmannGeneratorSampler
+
+    config = preset(
+        "laptop", generator=dict(n_layers=2, hidden=8, depth=1),
+        cmt=dict(n_steps=2, samples_per_step=128, buffer_size=256, grad_steps_per_step=2, batch_size=64),
+        energy_compile=False, device="cpu", checkpoint_every=1,
+    )
+    sampler = BoltzmannGeneratorSampler.from_name("alanine-dipeptide", config=config)
+    sampler.train(checkpoint_dir=tmp_path, progress=True)
+    assert all(r["phase_s"]["checkpoint"] > 0 for r in sampler.history)
+    assert "(mostly " in capsys.readouterr().err
+    sampler.close()
