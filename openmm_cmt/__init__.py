@@ -6,7 +6,7 @@ System's atom order; densities are in nats.
 """
 
 # torch must be imported before openmm: otherwise OpenMM's Torch plugin fails to load
-# silently and every Context holding a TorchForce is refused (NOTES section 1).
+# silently and every Context holding a TorchForce is refused.
 import torch  # noqa: F401
 import openmm  # noqa: F401
 

@@ -1,6 +1,6 @@
 r"""One CMT annealing step: the concave dual in (lambda, eta) and its importance weights.
 
-CMT (seed; NOTES section 6) picks the next intermediate density as
+CMT ("Learning Boltzmann Generators via Constrained Mass Transport, ICLR 2026", OpenReview MQmrcX5jnk) picks the next intermediate density as
 
 .. math::
     q_{i+1} = \arg\min_q \mathrm{KL}(q \| p) \quad\text{s.t.}\quad
@@ -18,8 +18,7 @@ multipliers maximise the concave dual
 Sign of the entropy term: the Lagrangian carries :math:`+\eta(H(q_i) - H(q) -
 \varepsilon_{ent})`; minimising over q leaves :math:`+\eta(H(q_i) - \varepsilon_{ent})`,
 and then :math:`\partial g/\partial\eta = H(q_i) - H(q_{i+1}) - \varepsilon_{ent}` (the
-constraint residual), as a dual gradient must be. (The seed's summary prints the other
-sign.)
+constraint residual), as a dual gradient must be.
 
 Everything is estimated from samples :math:`x_k \sim q_i` with base weights
 :math:`w^0_k` (uniform for plain samples). With :math:`a_k = \log q_i(x_k)`,

@@ -4,8 +4,8 @@ Every path gives the next density as :math:`q_{i+1} \propto q_i^{\alpha}\tilde p
 relative to the current model :math:`q_i`, so all of them share
 :class:`~openmm_cmt.cmt.dual.DualSolution` and the same weighted forward-KL update:
 
-- ``cmt``: trust region and entropy constraint, (alpha, beta) from the 2-D dual (seed eq. 9);
-- ``trust-region``: eta = 0, the auto-scheduled geometric path (seed eq. 2);
+- ``cmt``: trust region and entropy constraint, (alpha, beta) from the 2-D dual (the CMT paper's constrained sub-problem);
+- ``trust-region``: eta = 0, the auto-scheduled geometric path of the CMT paper;
 - ``entropy``: lambda = 0, the temperature path :math:`q_{i+1}\propto\tilde p^{1/(1+\eta)}`;
 - ``geometric-linear``: the fixed schedule :math:`q_{i+1}\propto q_0^{1-b_{i+1}}\tilde p^{b_{i+1}}`,
   :math:`b_i = \min(i/n, 1)`. Taking :math:`q_i = q_0^{1-b_i}\tilde p^{b_i}` (up to its

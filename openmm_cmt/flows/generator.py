@@ -78,7 +78,7 @@ SUPPORT_TOLERANCE = 1e-4
 #: file (1e-4 nm rounding on a 0.1 nm X-H bond), tight against unconstrained samples.
 CONSTRAINT_TOLERANCE = 5e-3
 
-#: Flow sizes. "gpu" is close to TA-BG (NOTES section 6: 8 ALL->ALL blocks and their
+#: Flow sizes. "gpu" is close to TA-BG (8 ALL->ALL blocks and their
 #: reverses, MLP 5 x 256, 8 bins; 7.4 M parameters for alanine dipeptide); "cpu" is a
 #: laptop-sized default (0.94 M parameters for alanine dipeptide).
 PRESETS: Dict[str, Dict[str, int]] = {

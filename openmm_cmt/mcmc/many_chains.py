@@ -1,6 +1,6 @@
 """K independent hybrid MD / generator chains in one replicated OpenMM Context.
 
-Copy ``c`` of the molecule (``ReplicatedContext``, NOTES section 4) is chain ``c``. One
+Copy ``c`` of the molecule (``ReplicatedContext``) is chain ``c``. One
 cycle is ``md_steps`` Langevin steps of the whole Context, then one batched proposal
 round: ``K`` draws from one ``generator.sample`` call, ``2K`` exact per-copy energies
 (current and proposed) from one energy-engine call, ``K`` independent accept/reject
