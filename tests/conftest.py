@@ -7,10 +7,30 @@ the small tensors of these tests). Results do not depend on the thread count.
 
 import os
 
+import numpy as np
 import pytest
 import torch
 
 import openmm_cmt  # noqa: F401  (imports torch before openmm, as every user must)
+
+
+@pytest.fixture(scope="session")
+def openmm_reference_energies():
+    """``energies(system, x)``: kJ/mol of each conformation of ``x`` [B, N, 3] (nm) from one
+    OpenMM Reference Context, one evaluation at a time: an answer independent of the
+    engines under test."""
+    import openmm
+    from openmm import unit
+
+    def energies(system, x):
+        context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
+        out = []
+        for xi in x:
+            context.setPositions(xi)
+            out.append(context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
+        return np.array(out)
+
+    return energies
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -56,7 +56,7 @@ def emt_aldp(aldp):
     return MolecularSystem.from_ml_potential(aldp.topology, aldp.positions, "ase", calculator=EMT(), name="aldp-emt")
 
 
-def test_ase_potential_matches_calculator_in_process_and_in_workers(emt_aldp):
+def test_ase_potential_matches_calculator_in_process_and_in_workers(emt_aldp, openmm_reference_energies):
     x = _conformations(emt_aldp, 6)
     e_ref, f_ref = _emt_direct(emt_aldp, x)
     with OpenMMEnergy(emt_aldp, platform="CPU", n_workers=0) as engine:
@@ -67,7 +67,7 @@ def test_ase_potential_matches_calculator_in_process_and_in_workers(emt_aldp):
     # survives pickling and gives the same energies. Workers fed from the System XML are
     # create_energy's default, tested below.
     factory = pickle.loads(pickle.dumps(emt_aldp.system_factory))
-    np.testing.assert_allclose(_openmm_energies(factory(), x), e_ref, rtol=CODATA_RTOL, atol=1e-6)
+    np.testing.assert_allclose(openmm_reference_energies(factory(), x), e_ref, rtol=CODATA_RTOL, atol=1e-6)
 
 
 def test_torch_energy_refuses_python_force_and_auto_falls_back(emt_aldp):
@@ -111,16 +111,7 @@ def _aldp_and_water(aldp):
     return modeller.topology, np.array(positions), classical(modeller.topology), classical(aldp.topology)
 
 
-def _openmm_energies(system, x):
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    out = []
-    for xi in x:
-        context.setPositions(xi)
-        out.append(context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-    return np.array(out)
-
-
-def test_mixed_ml_mm_is_mm_minus_ml_region_plus_ml(aldp):
+def test_mixed_ml_mm_is_mm_minus_ml_region_plus_ml(aldp, openmm_reference_energies):
     topology, positions, mm_full, mm_solute = _aldp_and_water(aldp)
     solute = list(range(aldp.n_atoms))
     mixed = MolecularSystem.from_ml_potential(topology, positions, "ase", ml_atoms=solute, classical_system=mm_full,
@@ -132,10 +123,10 @@ def test_mixed_ml_mm_is_mm_minus_ml_region_plus_ml(aldp):
         e = engine.energy(x)
     # openmm-ml's mechanical embedding: E = E_MM(all) - E_MM(ML region alone) + E_ML(ML region)
     e_ml = _emt_direct(aldp, x[:, solute])[0]
-    expected = _openmm_energies(mm_full, x) - _openmm_energies(mm_solute, x[:, solute]) + e_ml
+    expected = openmm_reference_energies(mm_full, x) - openmm_reference_energies(mm_solute, x[:, solute]) + e_ml
     np.testing.assert_allclose(e, expected, rtol=0, atol=1e-6 + CODATA_RTOL * np.abs(e_ml).max())
     # the water-solute interaction is really there (the test would miss a dropped term otherwise)
-    interaction = _openmm_energies(mm_full, x) - _openmm_energies(mm_solute, x[:, solute])
+    interaction = openmm_reference_energies(mm_full, x) - openmm_reference_energies(mm_solute, x[:, solute])
     assert np.all(np.abs(interaction) > 1.0)
 
 
@@ -255,7 +246,7 @@ def test_ani2x_spec_builds_from_local_weights(local_ani2x, monkeypatch):
         np.testing.assert_allclose(engine.energy(x), _ani_direct(model, torchani, molsys, x), rtol=2e-6)
 
 
-def test_ani2x_ml_mm_batched_matches_openmm_and_finite_differences(aldp, local_ani2x, monkeypatch):
+def test_ani2x_ml_mm_batched_matches_openmm_and_finite_differences(aldp, local_ani2x, monkeypatch, openmm_reference_energies):
     data_dir, model, torchani = local_ani2x
     monkeypatch.setenv("TORCHANI_DATA_DIR", str(data_dir))
     topology, positions, mm_full, mm_solute = _aldp_and_water(aldp)
@@ -265,7 +256,7 @@ def test_ani2x_ml_mm_batched_matches_openmm_and_finite_differences(aldp, local_a
     x = _conformations(mixed, 4, seed=4)
     with OpenMMEnergy(mixed, platform="Reference", n_workers=0) as engine:
         e_omm, f_omm = engine.energy(x, forces=True)
-    expected = (_openmm_energies(mm_full, x) - _openmm_energies(mm_solute, x[:, solute])
+    expected = (openmm_reference_energies(mm_full, x) - openmm_reference_energies(mm_solute, x[:, solute])
                 + _ani_direct(model[0], torchani, mixed, x, solute))
     np.testing.assert_allclose(e_omm, expected, rtol=2e-6)
     batched = ml.MLEnergy(mixed, device="cpu", chunk_size=3)  # two chunks: the chunking is exercised

@@ -45,17 +45,7 @@ _UNGUARDED = textwrap.dedent(
 )
 
 
-def _context_energies(system, x):
-    """Independent answer: one in-test Context, one evaluation per conformation."""
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    out = []
-    for xi in x:
-        context.setPositions(xi)
-        out.append(context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-    return np.array(out)
-
-
-def test_unguarded_script_starts_a_pool_and_runs_once(tmp_path):
+def test_unguarded_script_starts_a_pool_and_runs_once(tmp_path, openmm_reference_energies):
     aldp = alanine_dipeptide()
     x = aldp.positions[None] + 0.01 * np.random.default_rng(0).standard_normal((40, aldp.n_atoms, 3))
     np.save(tmp_path / "x.npy", x)
@@ -77,7 +67,7 @@ def test_unguarded_script_starts_a_pool_and_runs_once(tmp_path):
     energies = np.array([float(v) for v in next(line for line in lines if line.startswith("ENERGIES")).split()[1:]])
     system = app.ForceField("amber14-all.xml", "implicit/gbn2.xml").createSystem(aldp.topology,
                                                                                  nonbondedMethod=app.NoCutoff)
-    np.testing.assert_allclose(energies, _context_energies(system, x), rtol=1e-5)
+    np.testing.assert_allclose(energies, openmm_reference_energies(system, x), rtol=1e-5)
 
 
 def _local_factory():
