@@ -39,6 +39,7 @@ phase, ``phase_s``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import random
@@ -206,23 +207,22 @@ class CMTTrainer:
         device = next((p.device for p in self.flow.parameters()), torch.device("cpu"))
         return device.type == "cuda" and compile_available(device) and self.total_grad_steps >= AUTO_COMPILE_MIN_GRAD_STEPS
 
-    def _timed(self, phase: str, fn, *args):
-        """``fn(*args)``, its wall time added to ``phase`` of the current step."""
+    @contextlib.contextmanager
+    def _timing(self, phase: str):
+        """Adds the wall time of the ``with`` block to ``phase`` of the current step."""
         start = time.perf_counter()
         try:
-            return fn(*args)
+            yield
         finally:
             self._phase[phase] += time.perf_counter() - start
 
     # -- target evaluations, counted exactly -------------------------------------------
     def _log_p(self, x: torch.Tensor) -> torch.Tensor:
-        start = time.perf_counter()
-        before = self.target.n_evaluations
-        out = self.target.log_prob(x)
-        self.n_evaluations += self.target.n_evaluations - before
-        out = out.to(torch.float64)
-        self._phase["energy"] += time.perf_counter() - start
-        return out
+        with self._timing("energy"):
+            before = self.target.n_evaluations
+            out = self.target.log_prob(x)
+            self.n_evaluations += self.target.n_evaluations - before
+            return out.to(torch.float64)
 
     def _log_q(self, x: torch.Tensor) -> torch.Tensor:
         return self.calls.log_prob(x).to(torch.float64)
@@ -259,28 +259,28 @@ class CMTTrainer:
 
     def _annealing_step(self) -> tuple[DualSolution, list[float]]:
         c = self.config
-        x, log_q_gen = self._timed("sample", self.calls.sample, c.samples_per_step)
+        with self._timing("sample"):
+            x, log_q_gen = self.calls.sample(c.samples_per_step)
         with torch.no_grad():
             log_p = self._log_p(x)
         log_q_gen = log_q_gen.detach().to(torch.float64)
         if not torch.isfinite(log_q_gen).all():
             raise ValueError("the flow returned non-finite log densities for its own samples")
-        start = time.perf_counter()
-        # How far the current flow is from the target itself, on samples already paid for.
-        self._reverse_ess = reverse_ess(log_p - log_q_gen)
-        solution = path_step(
-            c.path, log_q_gen, log_p, self.step_index, eps_tr=c.eps_tr, eps_ent=c.eps_ent,
-            n_geometric=c.n_geometric or c.n_steps, t_high_factor=c.t_high_factor,
-            n_temperatures=c.n_temperatures, init=self._init,
-        )
-        self._phase["dual"] += time.perf_counter() - start
-        start = time.perf_counter()
-        n_drop = int(math.floor(c.drop_top_energy_fraction * x.shape[0]))
-        keep = torch.argsort(log_p, descending=True, stable=True)[: x.shape[0] - n_drop].sort().values
-        self.buffer.push(x[keep], log_q_gen[keep], log_p[keep])
-        log_w = self.buffer_log_weights(solution)
-        self._phase["buffer"] += time.perf_counter() - start
-        losses = self._timed("fit", self._fit, self.buffer.x, log_w)
+        with self._timing("dual"):
+            # How far the current flow is from the target itself, on samples already paid for.
+            self._reverse_ess = reverse_ess(log_p - log_q_gen)
+            solution = path_step(
+                c.path, log_q_gen, log_p, self.step_index, eps_tr=c.eps_tr, eps_ent=c.eps_ent,
+                n_geometric=c.n_geometric or c.n_steps, t_high_factor=c.t_high_factor,
+                n_temperatures=c.n_temperatures, init=self._init,
+            )
+        with self._timing("buffer"):
+            n_drop = int(math.floor(c.drop_top_energy_fraction * x.shape[0]))
+            keep = torch.argsort(log_p, descending=True, stable=True)[: x.shape[0] - n_drop].sort().values
+            self.buffer.push(x[keep], log_q_gen[keep], log_p[keep])
+            log_w = self.buffer_log_weights(solution)
+        with self._timing("fit"):
+            losses = self._fit(self.buffer.x, log_w)
         return solution, losses
 
     def _fit(self, buf_x: torch.Tensor, log_w: torch.Tensor) -> list[float]:
@@ -313,16 +313,17 @@ class CMTTrainer:
         c = self.config
         losses, solution = [], None
         for batch in c.reverse_kl_batches():
-            x, log_q = self._timed("sample", self.flow.sample, batch)
+            with self._timing("sample"):
+                x, log_q = self.flow.sample(batch)
             log_p = self._log_p(x)
             log_q = log_q.to(torch.float64)
             if solution is None:
                 # Diagnostics of the model at the start of the step, on samples already paid for.
-                start = time.perf_counter()
-                solution = annealing_step(log_q.detach(), log_p.detach(), 0.0, 1.0)
-                self._reverse_ess = solution.ess
-                self._phase["dual"] += time.perf_counter() - start
-            losses.append(self._timed("fit", self._optimise, (log_q - log_p).mean()))
+                with self._timing("dual"):
+                    solution = annealing_step(log_q.detach(), log_p.detach(), 0.0, 1.0)
+                    self._reverse_ess = solution.ess
+            with self._timing("fit"):
+                losses.append(self._optimise((log_q - log_p).mean()))
         return solution, losses
 
     def _optimise(self, loss: torch.Tensor) -> float:

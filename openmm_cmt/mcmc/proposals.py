@@ -43,6 +43,7 @@ import torch
 import openmm
 from openmm import unit
 
+from openmm_cmt.coordinates.constraints import system_constraints
 from openmm_cmt.systems.molecular_system import MOLAR_GAS_CONSTANT
 
 
@@ -118,10 +119,7 @@ def check_constraints(system: openmm.System, held: dict) -> dict:
     """Raise ValueError unless the constraints of ``system`` are exactly ``held``
     (``{(i, j): distance_nm}``, i < j, the bonds a generator holds fixed). Returns the
     System's constraints in that form."""
-    constraints = {}
-    for k in range(system.getNumConstraints()):
-        i, j, d = system.getConstraintParameters(k)
-        constraints[(min(i, j), max(i, j))] = d.value_in_unit(unit.nanometer) if unit.is_quantity(d) else float(d)
+    constraints = {(min(i, j), max(i, j)): d for i, j, d in system_constraints(system)}
     missing = sorted(set(constraints) - set(held))
     if missing:
         i, j = missing[0]
