@@ -1,16 +1,22 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` and `make test`; `make docs` builds the documentation site.
 PYTHON ?= python3
 VENV   := .venv
 VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test install clean
+DOCS_STAMP := $(VENV)/.installed-docs
+
+.PHONY: demo test docs install clean
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
 	$(VPY) -m pip install -q -e ".[test]"
 	touch $(STAMP)
+
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(VPY) -m pip install -q -e ".[test,docs]"
+	touch $(DOCS_STAMP)
 
 install: $(STAMP)
 
@@ -24,5 +30,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VPY) -m pytest -q tests
 
+# The documentation site, warnings as errors; open docs/_build/html/index.html.
+docs: $(DOCS_STAMP)
+	$(VPY) -m sphinx -W --keep-going -b html docs docs/_build/html
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache docs/_build

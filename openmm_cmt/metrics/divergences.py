@@ -48,7 +48,7 @@ def kish_ess(w: np.ndarray) -> float:
 
 
 def total_variation(p: np.ndarray, q: np.ndarray) -> float:
-    """0.5 * sum |p - q| of two normalised histograms."""
+    """``0.5 * sum |p - q|`` of two normalised histograms."""
     return 0.5 * float(np.abs(p - q).sum())
 
 

@@ -113,7 +113,7 @@ def _compare(fn, angles_a, angles_b, bins, weights_a, weights_b) -> SampleDistan
 
 
 def ramachandran_tv(angles_a, angles_b, bins: int = 100, weights_a=None, weights_b=None) -> SampleDistance:
-    """Total variation 0.5 sum |P - Q| between two Ramachandran histograms."""
+    """Total variation ``0.5 sum |P - Q|`` between two Ramachandran histograms."""
     return _compare(total_variation, angles_a, angles_b, bins, weights_a, weights_b)
 
 
