@@ -1,11 +1,16 @@
 """PNG plots of a run and an HTML page that gathers them.
 
+``report.html`` is self-contained: the plots are embedded as ``data:`` URIs and the page
+has no script and no external resource, so it opens from any folder, attached to a mail
+or copied alone, without a server. The PNGs are written beside it as well.
+
 matplotlib is optional (``pip install openmm-cmt[plots]``): without it the report lists
 the metrics and says that plots were skipped.
 """
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import os
@@ -16,6 +21,19 @@ from openmm_cmt.checkpoint import atomic_write_bytes, atomic_write_text
 
 #: Phases of an annealing step as the trainer records them in ``phase_s``, in stack order.
 PHASES = ("sample", "energy", "dual", "buffer", "fit", "checkpoint")
+
+#: Caption of each plot of ``write_run_report`` in the page, by file name.
+CAPTIONS = {
+    "ess.png": "Reverse ESS during training against the annealing step, the target evaluations "
+               "and the wall time; the evaluation's median with its min-max over the draws at the end.",
+    "weights.png": "Distribution of the normalised importance weights, and where the largest ones "
+                   "sit on each residue's Ramachandran plot.",
+    "ramachandran.png": "Ramachandran free energy per residue: generator samples as drawn, reweighted "
+                        "to the Boltzmann distribution, and the reference when there is one.",
+    "energy.png": "Energy histograms: generator samples, reweighted, and the reference when there is one.",
+    "annealing.png": "Dual variables and the exponents of the annealing path per step.",
+    "phases.png": "Seconds spent in each phase of an annealing step.",
+}
 
 
 def _pyplot():
@@ -245,9 +263,15 @@ def basin_table(residues: list[dict]) -> tuple[str, list[str], list[list[str]]]:
     return "Backbone basins per residue (reweighted generator; one-sided 95 % bounds from the ESS)", header, rows
 
 
+def _data_uri(png_path) -> str:
+    with open(png_path, "rb") as fh:
+        return "data:image/png;base64," + base64.b64encode(fh.read()).decode("ascii")
+
+
 def write_html(path, title, metrics: dict, images: list[str], note: str = "", tables=()) -> None:
     """A self-contained page: a metrics table, further ``(caption, header, rows)``
-    tables, and the PNGs."""
+    tables, and the PNGs at ``images`` embedded as data URIs (captions from
+    :data:`CAPTIONS`)."""
     rows = "\n".join(
         f"<tr><td>{html.escape(str(k))}</td><td>{html.escape(_fmt(v))}</td></tr>"
         for k, v in metrics.items() if k != "residues"
@@ -257,7 +281,13 @@ def write_html(path, title, metrics: dict, images: list[str], note: str = "", ta
         head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
         lines = "\n".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body)
         extra += f"<h2>{html.escape(caption)}</h2>\n<table><tr>{head}</tr>\n{lines}</table>\n"
-    imgs = "\n".join(f'<figure><img src="{html.escape(os.path.basename(p))}"></figure>' for p in images)
+    figures = []
+    for p in images:
+        name = os.path.basename(p)
+        caption = html.escape(CAPTIONS.get(name, name))
+        figures.append(f'<figure id="{html.escape(os.path.splitext(name)[0])}"><img alt="{html.escape(name)}" '
+                       f'src="{_data_uri(p)}"><figcaption>{caption}</figcaption></figure>')
+    imgs = "\n".join(figures)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:2px 12px;text-align:left}}img{{max-width:100%}}</style></head>

@@ -78,7 +78,9 @@ def test_good_generator_is_not_flagged_and_report_is_complete(aldp, tmp_path):
     assert on_disk["mode_collapse"] is False and on_disk["reverse_ess_draws"] == m["reverse_ess_draws"]
     page = (tmp_path / "report.html").read_text()
     for image in ("ess.png", "weights.png", "ramachandran.png", "energy.png", "phases.png"):
-        assert (tmp_path / image).stat().st_size > 1000 and image in page
+        assert (tmp_path / image).stat().st_size > 1000 and f'alt="{image}"' in page
+    # self-contained: every plot is embedded, none is referenced by file name
+    assert page.count('src="data:image/png;base64,') == page.count("<img ") >= 5 and 'src="ess.png"' not in page
     assert "alpha_L/C7ax" in page and "Backbone basins" in page
     assert any("mode collapse: no" in line for line in summary_lines(m))
 
