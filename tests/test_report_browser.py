@@ -79,7 +79,12 @@ class Chromium:
             raise RuntimeError(f"{method} failed: {reply['error']}")
         return reply["result"]
 
-    def wait(self, match, what):
+    def wait(self, match, what, since=None):
+        """The first message that ``match``es; with ``since``, also the events already
+        received from that index on."""
+        for m in self.events[since:] if since is not None else ():
+            if match(m):
+                return m
         deadline = time.monotonic() + TIMEOUT_S
         while True:
             try:
@@ -122,8 +127,12 @@ def open_page(url, profile_dir) -> tuple[list[dict], list[str], str]:
         session = browser.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             browser.send(f"{domain}.enable", session=session)
+        since = len(browser.events)
         browser.send("Page.navigate", {"url": url}, session=session)
-        browser.wait(lambda m: m.get("method") == "Page.loadEventFired", "load event")
+        browser.wait(lambda m: m.get("method") == "Page.loadEventFired", "load event", since)
+        loaded = browser.send("Runtime.evaluate", {"expression": "[location.href, document.readyState]",
+                                                   "returnByValue": True}, session=session)["result"]["value"]
+        assert loaded == [url, "complete"], loaded
         images = browser.send("Runtime.evaluate", {"expression": """
             Promise.all([...document.images].map(i => i.decode().then(() => true, () => false)))
               .then(decoded => JSON.stringify([...document.images].map((i, k) => ({
