@@ -97,7 +97,7 @@ _MINIMA = {
             "buffer_size": (1, True), "grad_steps_per_step": (1, True), "batch_size": (1, True), "lr": (0, False),
             "weight_decay": (0, True), "grad_clip": (0, False), "drop_top_energy_fraction": (0, True),
             "seed": (0, True), "n_geometric": (1, True), "t_high_factor": (1, True), "n_temperatures": (1, True),
-            "reverse_kl_batch_size": (2, True)},
+            "reverse_kl_batch_size": (2, True), "ema_decay": (0, True)},
 }
 
 

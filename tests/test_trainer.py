@@ -166,11 +166,11 @@ def comparable(history):
     return [{k: v for k, v in r.items() if "wall" not in k and k != "phase_s"} for r in history]
 
 
-@pytest.mark.parametrize("path", ["cmt", "reverse-kl"])
-def test_resume_equals_uninterrupted_run(path):
+@pytest.mark.parametrize("path, ema_decay", [("cmt", 0.0), ("cmt", 0.8), ("reverse-kl", 0.0)])
+def test_resume_equals_uninterrupted_run(path, ema_decay):
     config = CMTConfig(path=path, n_steps=4, samples_per_step=256, buffer_size=600, grad_steps_per_step=5,
                        batch_size=128, lr_schedule="cosine", optimizer="adamw", weight_decay=1e-4,
-                       drop_top_energy_fraction=0.1, seed=3)
+                       drop_top_energy_fraction=0.1, seed=3, ema_decay=ema_decay)
     straight = CMTTrainer(small_flow(), gmm40().target(), config)
     straight.run()
 
@@ -194,7 +194,37 @@ def test_resume_equals_uninterrupted_run(path):
         assert len(straight.buffer) == 600  # 0.1 of each step's samples kept out
 
 
+def test_averaged_model_is_the_moving_average_of_the_optimised_one():
+    """With ema_decay d the flow ends a step holding avg_k = d avg_{k-1} + (1 - d) theta_k
+    over the optimiser's iterates theta_k (avg_0 the parameters before the step), while the
+    optimiser continues from its own last iterate."""
+    target = FunctionTarget(lambda x: (-0.5 * (x - 3.0) ** 2).sum(-1))
+    flow = GaussianFlow(1)
+    trainer = CMTTrainer(flow, target, CMTConfig(samples_per_step=512, buffer_size=512, grad_steps_per_step=7,
+                                                 batch_size=128, lr=0.05, ema_decay=0.75, seed=1))
+    iterates, step = [], trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        out = step(*args, **kwargs)
+        iterates.append(flow.mean.detach().clone())  # the flow holds the optimised parameters here
+        return out
+
+    trainer.optimizer.step = recording_step
+    average = flow.mean.detach().clone()
+    trainer.step()
+    for theta in iterates:
+        average = 0.75 * average + 0.25 * theta
+    assert len(iterates) == 7
+    assert torch.allclose(flow.mean, average, rtol=0, atol=1e-12)
+    assert torch.equal(trainer._optimised[0], iterates[-1])
+    assert not torch.equal(flow.mean, iterates[-1])
+
+
 def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="ema_decay"):
+        CMTConfig(ema_decay=1.0)
+    with pytest.raises(ValueError, match="ema_decay"):
+        CMTConfig(path="reverse-kl", ema_decay=0.5)
     with pytest.raises(ValueError, match="path"):
         CMTConfig(path="annealed-importance")
     with pytest.raises(ValueError, match="samples_per_step"):

@@ -82,6 +82,10 @@ class CMTConfig:
             to T in n_temperatures geometric rungs.
         reverse_kl_batch_size: samples per reverse-KL iteration (None: samples_per_step
             spread over the step's iterations, the same budget as the other paths).
+        ema_decay: Polyak averaging of the flow parameters (0: off). With ``d > 0`` the
+            model :math:`q_i` that draws samples, weighs the buffer and is returned is the
+            exponential moving average of the optimised parameters, updated after every
+            optimiser step with weight ``1 - d``; the optimiser works on its own copy.
         compile: ``torch.compile`` the forward-KL step, the buffer's log densities and
             the sampling (:mod:`openmm_cmt.cmt.compiled`): True, False or ``"auto"``
             (on CUDA, for runs of at least ``AUTO_COMPILE_MIN_GRAD_STEPS`` gradient
@@ -111,6 +115,7 @@ class CMTConfig:
     n_temperatures: int = 5
     reverse_kl_batch_size: int | None = None
     compile: bool | str = "auto"
+    ema_decay: float = 0.0
 
     def __post_init__(self):
         check_path(self.path)
@@ -134,6 +139,10 @@ class CMTConfig:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
         if self.path == "reverse-kl" and min(self.reverse_kl_batches()) < 2:
             raise ValueError("reverse-kl needs at least 2 samples per iteration (reverse_kl_batch_size)")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.ema_decay > 0 and self.path == "reverse-kl":
+            raise ValueError("ema_decay applies to the forward-KL paths; reverse-kl takes no average")
         for name in ("eps_tr", "eps_ent"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive (nats), got {getattr(self, name)}")
@@ -199,6 +208,10 @@ class CMTTrainer:
         self.wall_s = 0.0
         self.history: list[dict] = []
         self._init = (1.0, 1.0)
+        # With averaging, the flow holds the averaged parameters outside the fit and
+        # ``_optimised`` the optimiser's own (the Adam state belongs to those).
+        self._optimised = [p.detach().clone() for p in self.calls.params] if config.ema_decay > 0 else None
+        self._average: list[torch.Tensor] | None = None
 
     def _compile_enabled(self) -> bool:
         c = self.config
@@ -287,6 +300,31 @@ class CMTTrainer:
         """``grad_steps_per_step`` optimiser steps of the importance-weighted forward KL on
         uniform minibatches of the buffer (reshuffled when fewer than a full minibatch
         remain, so every minibatch has the same size); returns the losses."""
+        with self._optimised_parameters():
+            return self._fit_steps(buf_x, log_w)
+
+    @contextlib.contextmanager
+    def _optimised_parameters(self):
+        """Puts the optimiser's parameters into the flow for the ``with`` block and the
+        (updated) average back after it; nothing to do without averaging."""
+        if self._optimised is None:
+            yield
+            return
+        average = [p.detach().clone() for p in self.calls.params]
+        with torch.no_grad():
+            for p, q in zip(self.calls.params, self._optimised):
+                p.copy_(q)
+        self._average = average
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, q, a in zip(self.calls.params, self._optimised, average):
+                    q.copy_(p)
+                    p.copy_(a)
+            self._average = None
+
+    def _fit_steps(self, buf_x: torch.Tensor, log_w: torch.Tensor) -> list[float]:
         c = self.config
         losses = []
         n = buf_x.shape[0]
@@ -344,6 +382,9 @@ class CMTTrainer:
             torch.nn.utils.clip_grad_norm_(self.calls.params, self.config.grad_clip)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        if self._optimised is not None and self._average is not None:
+            with torch.no_grad():
+                torch._foreach_lerp_(self._average, [p.detach() for p in self.calls.params], 1.0 - self.config.ema_decay)
         self.grad_step_index += 1
         if self.scheduler is not None and self.grad_step_index <= self.total_grad_steps:
             self.scheduler.step()
@@ -377,6 +418,7 @@ class CMTTrainer:
             "n_evaluations": self.n_evaluations,
             "wall_s": self.wall_s,
             "init": list(self._init),
+            "optimised": None if self._optimised is None else [q.clone() for q in self._optimised],
             "history": [dict(r) for r in self.history],
             "rng": {
                 "torch": torch.get_rng_state(),
@@ -405,6 +447,11 @@ class CMTTrainer:
         self.n_evaluations = int(state["n_evaluations"])
         self.wall_s = float(state["wall_s"])
         self._init = tuple(state["init"])
+        if self._optimised is not None:
+            if state.get("optimised") is None:
+                raise ValueError("checkpoint has no optimised parameters; it was trained without ema_decay")
+            for q, saved in zip(self._optimised, state["optimised"]):
+                q.copy_(saved)
         self.history = [dict(r) for r in state["history"]]
         rng = state["rng"]
         torch.set_rng_state(rng["torch"])
