@@ -44,7 +44,6 @@ import openmm
 from openmm import unit
 
 from openmm_cmt.coordinates.constraints import system_constraints
-from openmm_cmt.systems.molecular_system import MOLAR_GAS_CONSTANT
 
 
 def split_seed(seed, n: int) -> list:
@@ -54,16 +53,6 @@ def split_seed(seed, n: int) -> list:
         return [None] * n
     sequence = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     return sequence.spawn(n)
-
-
-def kT_of(temperature: float) -> float:
-    """Thermal energy in kJ/mol of a temperature in K."""
-    if unit.is_quantity(temperature):
-        temperature = temperature.value_in_unit(unit.kelvin)
-    temperature = float(temperature)
-    if not temperature > 0:
-        raise ValueError(f"temperature must be positive (K), got {temperature}")
-    return MOLAR_GAS_CONSTANT * temperature
 
 
 def system_masses(system: openmm.System) -> np.ndarray:
