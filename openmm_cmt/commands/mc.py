@@ -47,7 +47,7 @@ def _energy_engine(molsys, kind: str, device: str, compile_: bool):
 def run(args) -> int:
     import torch
 
-    from openmm_cmt.checkpoint import CheckpointError, atomic_write_bytes
+    from openmm_cmt.io import CheckpointError, atomic_write_bytes
     from openmm_cmt.mcmc.many_chains import ManyChainHybridMC
     from openmm_cmt.sampler import BoltzmannGeneratorSampler
 

@@ -36,7 +36,7 @@ import openmm
 from openmm import unit
 
 import openmm_cmt
-from openmm_cmt.checkpoint import atomic_write_bytes
+from openmm_cmt.io import atomic_write_bytes
 from openmm_cmt.mcmc.proposals import check_constraints, generator_constraints
 
 METADATA_FILE = "openmm_cmt_metadata.json"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
@@ -23,6 +22,7 @@ import torch
 
 from openmm_cmt.energy import UnsupportedSystemError, create_energy
 from openmm_cmt.energy.base import EnergyEngine
+from openmm_cmt.io import atomic_file
 from openmm_cmt.reference._ramachandran import backbone_dihedrals, split_tv
 from openmm_cmt.reference.metadata import reference_metadata
 from openmm_cmt.replicas.integrator import copy_velocities, per_copy_langevin_integrator, set_copy_temperatures
@@ -76,7 +76,7 @@ class ReferenceSamples:
         return None
 
     def save(self, path) -> None:
-        """Write an ``.npz`` atomically (temporary file in the same folder, then rename)."""
+        """Write an ``.npz`` atomically (:func:`openmm_cmt.io.atomic_file`)."""
         path = os.fspath(path)
         arrays = {
             "frames": self.frames.astype(np.float32),
@@ -92,20 +92,8 @@ class ReferenceSamples:
         }
         if self.phi_psi is not None:
             arrays["phi_psi"] = self.phi_psi
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates the file private
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_file(path) as fh:
+            np.savez(fh, **arrays)
 
 
 def load_reference(path) -> dict:
