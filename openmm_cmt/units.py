@@ -12,6 +12,8 @@ from openmm import unit
 
 #: Molar gas constant in kJ/(mol K), the value OpenMM uses.
 MOLAR_GAS_CONSTANT = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
+#: 1 hartree in kJ/mol (CODATA 2018: E_h N_A), for ANI outputs.
+HARTREE_KJ_PER_MOL = 4.3597447222071e-18 * 6.02214076e23 / 1000.0
 
 
 def kelvin(temperature) -> float:

@@ -17,7 +17,6 @@ import openmm
 
 from openmm_cmt import io as run_io
 from openmm_cmt.cli import main
-from openmm_cmt.io import CheckpointError
 from openmm_cmt.presets import preset
 from openmm_cmt.sampler import BoltzmannGeneratorSampler, RunSaveError
 from openmm_cmt.systems import files as system_files
