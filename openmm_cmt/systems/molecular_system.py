@@ -82,15 +82,6 @@ class MolecularSystem:
             [self.system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(self.n_atoms)]
         )
 
-    def reference_energy(self, platform: str = "Reference") -> float:
-        """Potential energy of ``positions`` in kJ/mol, from a fresh OpenMM Context."""
-        integrator = openmm.VerletIntegrator(0.001)
-        context = openmm.Context(self.system, integrator, openmm.Platform.getPlatformByName(platform))
-        context.setPositions(self.positions)
-        energy = context.getState(getEnergy=True).getPotentialEnergy()
-        del context, integrator
-        return energy.value_in_unit(unit.kilojoule_per_mole)
-
     @classmethod
     def from_pdb(
         cls,
