@@ -44,3 +44,10 @@ def nanometers(positions) -> np.ndarray:
     if unit.is_quantity(positions):
         positions = positions.value_in_unit(unit.nanometer)
     return np.array(positions, dtype=np.float64)
+
+
+def md_value(q) -> float:
+    """A float in OpenMM's MD units (nm, kJ/mol, K, ps, radians, e) from a number or Quantity."""
+    if unit.is_quantity(q):
+        q = q.value_in_unit_system(unit.md_unit_system)
+    return float(q)
