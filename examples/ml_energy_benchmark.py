@@ -27,6 +27,7 @@ import time
 import numpy as np
 import torch
 
+from openmm_cmt.energy.ml_energy import MLEnergy
 from openmm_cmt.energy.openmm_energy import OpenMMEnergy
 from openmm_cmt.systems import MolecularSystem, alanine_dipeptide
 from openmm_cmt.systems import ml
@@ -101,7 +102,7 @@ def main(argv=None) -> list[dict]:
         record(label, "openmm-inprocess", rate(engine, x[: args.n_per_sample]))
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     for device in devices:
-        engine = ml.MLEnergy(ani, device=device)
+        engine = MLEnergy(ani, device=device)
         record(label, f"batched-{device}", rate(engine, x))
     if args.json:
         with open(args.json, "w") as handle:

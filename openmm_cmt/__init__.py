@@ -10,8 +10,7 @@ System's atom order; densities are in nats.
 import torch  # noqa: F401
 import openmm  # noqa: F401
 
-__version__ = "0.1.0"
-
+from openmm_cmt._version import __version__  # noqa: E402
 from openmm_cmt.systems import MolecularSystem  # noqa: E402
 
 __all__ = ["MolecularSystem", "__version__"]

@@ -64,7 +64,7 @@ def main(argv=None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help, or a usage error argparse has printed in one line
         return int(exit_.code or 0)
-    from openmm_cmt.checkpoint import CheckpointError
+    from openmm_cmt.io import CheckpointError
     from openmm_cmt.run_lock import RunLockedError
 
     try:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from openmm_cmt import metrics, report
-from openmm_cmt.checkpoint import atomic_write_json
+from openmm_cmt.io import atomic_write_json
 from openmm_cmt.metrics import weighted_mean
 
 #: Default number of independent draws of the generator.

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from openmm_cmt.checkpoint import atomic_write_bytes, atomic_write_text
+from openmm_cmt.io import atomic_write_bytes, atomic_write_text
 
 #: Phases of an annealing step as the trainer records them in ``phase_s``, in stack order.
 PHASES = ("sample", "energy", "dual", "buffer", "fit", "checkpoint")

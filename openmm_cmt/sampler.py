@@ -10,7 +10,7 @@ It joins a MolecularSystem, an energy engine, a Generator and the CMT trainer::
 A run folder holds ``system.xml``, ``topology.pdb``, ``system.json`` (the system),
 ``config.json`` and ``checkpoint.pt`` (generator, optimiser, replay buffer, counters, RNG
 states and history). Each save is published as one unit and loaded without running
-pickled code (:mod:`openmm_cmt.checkpoint`); one process at a time writes a run folder
+pickled code (:mod:`openmm_cmt.io`, :mod:`openmm_cmt.checkpoint`); one process at a time writes a run folder
 (:mod:`openmm_cmt.run_lock`).
 """
 
@@ -27,21 +27,11 @@ import torch
 import openmm
 from openmm import unit
 
-from openmm_cmt.checkpoint import (
-    FORMAT_VERSION,
-    CheckpointError,
-    json_text,
-    load_system,
-    publish_run,
-    read_json,
-    run_snapshot,
-    safe_torch_load,
-    system_files,
-    torch_bytes,
-    xml_fingerprint,
-)
+from openmm_cmt.checkpoint import FORMAT_VERSION, safe_torch_load
+from openmm_cmt.io import CheckpointError, json_text, publish_run, read_json, run_snapshot, torch_bytes
 from openmm_cmt.presets import TrainConfig, preset
 from openmm_cmt.run_lock import hold_run_lock
+from openmm_cmt.systems.files import load_system, system_files, xml_fingerprint
 from openmm_cmt.systems.molecular_system import MolecularSystem
 
 CHECKPOINT = "checkpoint.pt"
@@ -290,7 +280,7 @@ class BoltzmannGeneratorSampler:
 
     # -- persistence --------------------------------------------------------------------
     def save(self, folder: str | os.PathLike) -> str:
-        """Write the run folder as one snapshot (see :mod:`openmm_cmt.checkpoint`);
+        """Write the run folder as one snapshot (see :mod:`openmm_cmt.io`);
         returns the snapshot's path. Raises RunLockedError when another process writes
         ``folder``."""
         folder = os.fspath(folder)

@@ -11,7 +11,7 @@ from scipy import integrate, stats
 from openmm_cmt.cmt import CMTConfig, CMTTrainer
 from openmm_cmt.flows import EuclideanFlow
 from openmm_cmt.metrics import log_z_estimate
-from openmm_cmt.systems.toy import ManyWell, gmm40, modes_covered
+from openmm_cmt.cmt.toy_targets import ManyWell, gmm40, modes_covered
 
 
 

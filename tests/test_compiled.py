@@ -13,7 +13,7 @@ from openmm_cmt.cmt import compiled as compiled_module
 from openmm_cmt.cmt.compiled import FlowCalls, compile_available
 from openmm_cmt.cmt.trainer import AUTO_COMPILE_MIN_GRAD_STEPS, PHASES
 from openmm_cmt.flows import EuclideanFlow
-from openmm_cmt.systems.toy import gmm40
+from openmm_cmt.cmt.toy_targets import gmm40
 
 
 def small_flow(seed=0):

@@ -162,7 +162,7 @@ def test_every_residue_of_a_tetrapeptide(tmp_path):
 def test_a_saved_run_matches_the_shipped_reference(aldp, tmp_path):
     # A run folder stores its System as XML; read back, it must keep the fingerprint
     # that the shipped reference records, or evaluate would refuse every saved run.
-    from openmm_cmt.checkpoint import load_system, save_system
+    from openmm_cmt.systems.files import load_system, save_system
     from openmm_cmt.reference import check_reference, system_fingerprint
 
     molsys, ref, _ = aldp

@@ -12,7 +12,7 @@ from openmm import app, unit
 from openmm_cmt.coordinates import chirality_signs, stereocentres
 from openmm_cmt.flows import CIRCULAR, Generator
 from openmm_cmt.systems import MolecularSystem, get
-from openmm_cmt.systems.molecular_system import MOLAR_GAS_CONSTANT
+from openmm_cmt.units import MOLAR_GAS_CONSTANT
 
 SMALL = dict(n_layers=4, hidden=32, depth=1)
 

@@ -26,7 +26,7 @@ from openmm_cmt.flows import Generator
 from openmm_cmt.mcmc.proposals import GeneratorProposal, as_generator, random_rotations
 from openmm_cmt.mcmc.simulation import HybridMC
 from openmm_cmt.systems import MolecularSystem
-from openmm_cmt.systems.molecular_system import MOLAR_GAS_CONSTANT
+from openmm_cmt.units import MOLAR_GAS_CONSTANT
 
 T = 300.0
 KT = MOLAR_GAS_CONSTANT * T

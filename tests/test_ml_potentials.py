@@ -19,6 +19,7 @@ openmmml = pytest.importorskip("openmmml", reason="openmm-ml is an optional depe
 ase = pytest.importorskip("ase", reason="ASE is needed for openmm-ml's 'ase' potential")
 from ase.calculators.emt import EMT  # noqa: E402
 
+from openmm_cmt.energy.ml_energy import MLEnergy  # noqa: E402
 from openmm_cmt.energy.openmm_energy import OpenMMEnergy  # noqa: E402
 from openmm_cmt.systems import MolecularSystem, alanine_dipeptide, resolve  # noqa: E402
 from openmm_cmt.systems import ml  # noqa: E402
@@ -77,7 +78,7 @@ def test_torch_energy_refuses_python_force_and_auto_falls_back(emt_aldp):
     with pytest.raises(UnsupportedSystemError, match="PythonForce"):
         TorchEnergy.from_openmm(emt_aldp.system)
     with pytest.raises(UnsupportedSystemError, match="no batched form"):
-        ml.MLEnergy(emt_aldp)
+        MLEnergy(emt_aldp)
     engine = create_energy(emt_aldp, engine="auto")
     try:
         # workers rebuild the PythonForce from the System XML, which pickles its function
@@ -259,7 +260,7 @@ def test_ani2x_ml_mm_batched_matches_openmm_and_finite_differences(aldp, local_a
     expected = (openmm_reference_energies(mm_full, x) - openmm_reference_energies(mm_solute, x[:, solute])
                 + _ani_direct(model[0], torchani, mixed, x, solute))
     np.testing.assert_allclose(e_omm, expected, rtol=2e-6)
-    batched = ml.MLEnergy(mixed, device="cpu", chunk_size=3)  # two chunks: the chunking is exercised
+    batched = MLEnergy(mixed, device="cpu", chunk_size=3)  # two chunks: the chunking is exercised
     assert batched.classical is not None  # the classical remainder runs through TorchEnergy
     e_b, f_b = batched.energy(x, forces=True)
     assert batched.n_evaluations == 4

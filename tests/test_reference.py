@@ -10,19 +10,18 @@ import torch  # noqa: F401  (before openmm)
 import openmm
 from openmm import app, unit
 
-from openmm_cmt.reference import (
-    ReplicaExchange,
+from openmm_cmt.energy.openmm_energy import OpenMMEnergy
+from openmm_cmt.reference import ReplicaExchange, load_reference
+from openmm_cmt.replicas import (
+    check_geometry,
     copy_velocities,
     grid_offsets,
     kinetic_temperatures,
-    load_reference,
     obc_as_custom_gb,
     per_copy_langevin_integrator,
     replicate_system,
     set_copy_temperatures,
 )
-from openmm_cmt.reference.replica_exchange import ContextLoopEnergy
-from openmm_cmt.reference.replicate import check_geometry
 from openmm_cmt.reference.swaps import (
     RoundTripCounter,
     attempt_swaps,
@@ -30,7 +29,7 @@ from openmm_cmt.reference.swaps import (
     swap_log_acceptance,
 )
 from openmm_cmt.systems import alanine_dipeptide
-from openmm_cmt.systems.molecular_system import MOLAR_GAS_CONSTANT
+from openmm_cmt.units import MOLAR_GAS_CONSTANT
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +240,7 @@ def test_round_trips_count_bottom_top_bottom():
 
 
 def test_swap_moves_temperatures_and_rescales_velocities(aldp):
-    energy = ContextLoopEnergy(aldp.system, aldp.kT, "Reference")
+    energy = OpenMMEnergy(aldp, platform="Reference", n_workers=0)
     rex = ReplicaExchange(aldp, [300.0, 600.0], n_ladders=1, platform="Reference", energy=energy, seed=3)
     v_before = rex.replicas.get_velocities()
     old = rex.copy_temperatures()

@@ -15,11 +15,12 @@ import pytest
 import torch
 import openmm
 
-from openmm_cmt import checkpoint
-from openmm_cmt.checkpoint import CheckpointError, UntrustedRunError
+from openmm_cmt import io as run_io
 from openmm_cmt.cli import main
 from openmm_cmt.presets import preset
 from openmm_cmt.sampler import BoltzmannGeneratorSampler, RunSaveError
+from openmm_cmt.systems import files as system_files
+from openmm_cmt.systems.files import UntrustedRunError
 from openmm_cmt.systems import MolecularSystem, alanine_dipeptide
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,7 +66,7 @@ class _Payload:
 def _plant(folder, marker):
     """What an attacker controlling the folder can do: a PythonForce whose function is a
     pickle with a __reduce__ payload, with manifest and fingerprint made consistent."""
-    snapshot = checkpoint.run_snapshot(folder)
+    snapshot = run_io.run_snapshot(folder)
     xml_path = os.path.join(snapshot, "system.xml")
     function = pickle.dumps(_Payload(str(marker))).hex()
     force = (f'<Force forceGroup="0" function="{function}" name="PythonForce" type="PythonForce" '
@@ -111,12 +112,12 @@ def test_planted_payload_never_runs_without_trust(run, tmp_path, capsys):
 
 def test_pickle_detection_leaves_numbers_alone():
     xml = openmm.XmlSerializer.serialize(alanine_dipeptide().system)
-    checkpoint.check_system_xml(xml.replace('mass="1.008"', 'mass="800200002"', 1), "x")  # no error
+    system_files.check_system_xml(xml.replace('mass="1.008"', 'mass="800200002"', 1), "x")  # no error
     hidden = pickle.dumps(print).hex()
     with pytest.raises(UntrustedRunError, match="pickled attribute 'energy'"):
-        checkpoint.check_system_xml(xml.replace('<Force ', f'<Force energy="{hidden}" ', 1), "x")
+        system_files.check_system_xml(xml.replace('<Force ', f'<Force energy="{hidden}" ', 1), "x")
     with pytest.raises(UntrustedRunError, match="'SomePluginForce'"):
-        checkpoint.check_system_xml(xml.replace('type="HarmonicBondForce"', 'type="SomePluginForce"', 1), "x")
+        system_files.check_system_xml(xml.replace('type="HarmonicBondForce"', 'type="SomePluginForce"', 1), "x")
 
 
 def test_ml_potential_run_needs_trust_and_keeps_its_recipe(tmp_path):
@@ -156,7 +157,7 @@ def test_save_killed_between_files_leaves_the_previous_state(trained, run, monke
     with torch.no_grad():
         for p in changed.generator.parameters():
             p.add_(1.0)
-    write, written = checkpoint._write_new, []
+    write, written = run_io._write_new, []
 
     def dies_after_two(path, data):
         if len(written) == 2:
@@ -164,8 +165,8 @@ def test_save_killed_between_files_leaves_the_previous_state(trained, run, monke
         written.append(path)
         write(path, data)
 
-    monkeypatch.setattr(checkpoint, "_write_new", dies_after_two)
-    monkeypatch.setattr(checkpoint.shutil, "rmtree", lambda *a, **k: None)  # a kill cleans nothing
+    monkeypatch.setattr(run_io, "_write_new", dies_after_two)
+    monkeypatch.setattr(run_io.shutil, "rmtree", lambda *a, **k: None)  # a kill cleans nothing
     with pytest.raises(_Killed):
         changed.save(run)
     monkeypatch.undo()
@@ -177,7 +178,7 @@ def test_save_killed_between_files_leaves_the_previous_state(trained, run, monke
     def dies(*args):
         raise _Killed
 
-    monkeypatch.setattr(checkpoint, "_point", dies)
+    monkeypatch.setattr(run_io, "_point", dies)
     with pytest.raises(_Killed):
         changed.save(run)
     monkeypatch.undo()
@@ -194,10 +195,10 @@ def test_files_get_default_permissions_and_old_layout_loads(trained, tmp_path):
     old = os.umask(0o022)
     try:
         trained.save(tmp_path / "run")
-        checkpoint.atomic_write_text(tmp_path / "single.txt", "x")
+        run_io.atomic_write_text(tmp_path / "single.txt", "x")
     finally:
         os.umask(old)
-    snapshot = checkpoint.run_snapshot(tmp_path / "run")
+    snapshot = run_io.run_snapshot(tmp_path / "run")
     for name in ("checkpoint.pt", "system.xml", "manifest.json"):
         assert os.stat(os.path.join(snapshot, name)).st_mode & 0o777 == 0o644, name
     assert os.stat(tmp_path / "single.txt").st_mode & 0o777 == 0o644
@@ -338,7 +339,7 @@ def test_without_symlinks_a_pointer_file_does(trained, tmp_path, monkeypatch):
     def no_symlinks(*args, **kwargs):
         raise OSError(1, "Operation not permitted")
 
-    monkeypatch.setattr(checkpoint.os, "symlink", no_symlinks)
+    monkeypatch.setattr(run_io.os, "symlink", no_symlinks)
     folder = tmp_path / "run"
     trained.save(folder)
     trained.save(folder)

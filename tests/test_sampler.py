@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import openmm_cmt  # noqa: F401  (torch before openmm)
-from openmm_cmt.checkpoint import CheckpointError
+from openmm_cmt.io import CheckpointError
 from openmm_cmt.cli import main
 from openmm_cmt.presets import preset
 from openmm_cmt.sampler import BoltzmannGeneratorSampler

@@ -1,11 +1,13 @@
 """Harmonic IC scaling of the generator's prior (openmm_cmt.flows.scaling)."""
 
 import numpy as np
+import pytest
 import torch
 
 import openmm_cmt  # noqa: F401
 from openmm_cmt.coordinates.graph import as_molecule_graph
 from openmm_cmt.energy import create_energy
+from openmm_cmt.energy.openmm_energy import OpenMMEnergy
 from openmm_cmt.flows import Generator
 from openmm_cmt.flows.coupling import CIRCULAR
 from openmm_cmt.flows.scaling import amide_torsions, harmonic_scaling, ic_curvatures, improper_dihedrals
@@ -13,6 +15,11 @@ from openmm_cmt.reference import bundled_reference, load_reference
 from openmm_cmt.systems import alanine_dipeptide
 
 ALDP = alanine_dipeptide()
+
+
+def _exact_u(x):
+    with OpenMMEnergy(ALDP, platform="Reference", n_workers=0) as engine:
+        return engine.reduced_energy(x)
 
 
 def _dihedral_names(transform):
@@ -25,7 +32,7 @@ def test_backbone_torsions_stay_free_and_amides_and_impropers_are_bounded():
     generator = Generator.from_system(ALDP, scaling="harmonic")
     t = generator.transform
     graph = as_molecule_graph(ALDP.topology)
-    kinds, centre, half = harmonic_scaling(t, ALDP, graph.bonds, graph.elements)
+    kinds, centre, half = harmonic_scaling(t, _exact_u, graph.bonds, graph.elements)
     names = _dihedral_names(t)
     phi = [i for i, n in names.items() if n == ("C", "N", "CA", "C")]
     psi = [i for i, n in names.items() if n == ("N", "C", "CA", "N")]
@@ -45,10 +52,12 @@ def test_backbone_torsions_stay_free_and_amides_and_impropers_are_bounded():
 
 def test_curvatures_are_positive_at_the_minimum_for_bonds_and_angles():
     t = Generator.from_system(ALDP).transform
-    c = ic_curvatures(t, ALDP)
+    c = ic_curvatures(t, _exact_u)
     assert np.all(c[t.bond_indices.numpy()] > 0) and np.all(c[t.angle_indices.numpy()] > 0)
     # A C-H stretch is far stiffer than an angle bend, in reduced units per nm^2 vs per rad^2.
     assert np.median(c[t.bond_indices.numpy()]) > 100 * np.median(c[t.angle_indices.numpy()])
+    with pytest.raises(TypeError, match="reduced_energy must be a callable"):
+        ic_curvatures(t, ALDP)
 
 
 def test_harmonic_prior_is_far_closer_to_the_target_than_fixed_widths():

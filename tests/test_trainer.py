@@ -10,7 +10,7 @@ from openmm_cmt.cmt import PATHS, BoltzmannTarget, CMTConfig, CMTTrainer, Functi
 from openmm_cmt.cmt.paths import geometric_exponents, ladder_betas
 from openmm_cmt.energy import EnergyEngine, linlog_cut
 from openmm_cmt.flows import EuclideanFlow
-from openmm_cmt.systems.toy import gmm40
+from openmm_cmt.cmt.toy_targets import gmm40
 
 
 

@@ -6,8 +6,9 @@ import openmm
 from openmm import app, unit
 sys.path.insert(0, os.getcwd())
 from openmm_cmt.systems.molecular_system import MolecularSystem
-from openmm_cmt.reference import ReplicaExchange, replicate_system, geometric_temperatures, per_copy_langevin_integrator, set_copy_temperatures, copy_velocities
-from openmm_cmt.reference.replicated_context import ReplicatedContext
+from openmm_cmt.reference import ReplicaExchange, geometric_temperatures
+from openmm_cmt.replicas import replicate_system, per_copy_langevin_integrator, set_copy_temperatures, copy_velocities
+from openmm_cmt.replicas.replicated_context import ReplicatedContext
 
 OUT = os.environ["OUT"]
 d = "runs/g_reference_gpu/"

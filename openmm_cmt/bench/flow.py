@@ -75,7 +75,7 @@ def run(args) -> int:
     report["load_after"] = _load()
     print(f"load average after: {report['load_after']}")
     if args.json:
-        from openmm_cmt.checkpoint import atomic_write_json
+        from openmm_cmt.io import atomic_write_json
 
         atomic_write_json(args.json, report)
         print(f"wrote {args.json}")

@@ -6,7 +6,7 @@ covers [-40, 40]^2) with the same number of target evaluations. Metrics come fro
 
 - ess: reverse Kish ESS fraction (unclipped);
 - modes_covered: modes holding at least a quarter of their share of the samples within
-  3 sigma (``openmm_cmt.systems.toy.modes_covered``);
+  3 sigma (``openmm_cmt.cmt.toy_targets.modes_covered``);
 - log_z_error: importance-sampling estimate of log Z minus the exact value (a mode-dropping
   model underestimates it);
 - max_step_entropy_drop, max_step_kl, min_step_ess: over the annealing steps, from the
@@ -23,7 +23,7 @@ import torch
 from openmm_cmt.cmt.paths import PATHS
 from openmm_cmt.cmt.trainer import CMTConfig, CMTTrainer
 from openmm_cmt.metrics import log_z_estimate, reverse_ess
-from openmm_cmt.systems.toy import gmm40
+from openmm_cmt.cmt.toy_targets import gmm40
 
 # Per-path schedule settings; the budget and the optimiser are shared.
 _PATH_SETTINGS = {

@@ -18,7 +18,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from openmm_cmt.checkpoint import CheckpointError
+    from openmm_cmt.io import CheckpointError
     from openmm_cmt.sampler import BoltzmannGeneratorSampler
 
     try:

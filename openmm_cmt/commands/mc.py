@@ -27,7 +27,7 @@ def add_arguments(p) -> None:
     p.add_argument("--n-chains", type=positive_int, default=1, help="independent chains in one Context (default 1)")
     p.add_argument("--timestep", type=positive_float, default=0.001, help="ps (default 0.001)")
     p.add_argument("--collision-rate", type=non_negative_float, default=1.0, help="1/ps (default 1)")
-    p.add_argument("--platform", default="auto", help="OpenMM platform for MD: auto (CUDA, else CPU), CPU, CUDA, ...")
+    p.add_argument("--platform", default="auto", help="OpenMM platform for MD: auto (CUDA, else CPU, else Reference), CPU, CUDA, ...")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="generator and energy device (default cpu)")
     p.add_argument("--energy", default="auto", choices=["auto", "torch", "openmm"], help="per-chain energy engine")
     p.add_argument("--no-compile", action="store_true", help="no torch.compile for the torch energy engine")
@@ -47,7 +47,7 @@ def _energy_engine(molsys, kind: str, device: str, compile_: bool):
 def run(args) -> int:
     import torch
 
-    from openmm_cmt.checkpoint import CheckpointError, atomic_write_bytes
+    from openmm_cmt.io import CheckpointError, atomic_write_bytes
     from openmm_cmt.mcmc.many_chains import ManyChainHybridMC
     from openmm_cmt.sampler import BoltzmannGeneratorSampler
 

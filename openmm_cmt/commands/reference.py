@@ -19,7 +19,7 @@ def add_arguments(parser) -> None:
     add_system_arguments(parser)
     add_trust_argument(parser)
     parser.add_argument("--out", required=True, help="output .npz file")
-    parser.add_argument("--platform", default="auto", help="OpenMM platform for the dynamics: auto (CUDA, else CPU), CPU, CUDA, ...")
+    parser.add_argument("--platform", default="auto", help="OpenMM platform for the dynamics: auto (CUDA, else CPU, else Reference), CPU, CUDA, ...")
     parser.add_argument("--n-ladders", type=positive_int, default=2, help="independent temperature ladders (default 2)")
     parser.add_argument(
         "--temperatures", default=None, help="comma-separated increasing temperatures in K (overrides --t-max/--n-temps)"

@@ -21,7 +21,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     import torch
 
-    from openmm_cmt.checkpoint import atomic_write_bytes
+    from openmm_cmt.io import atomic_write_bytes
     from openmm_cmt.metrics import reverse_ess
     from openmm_cmt.sampler import BoltzmannGeneratorSampler
 

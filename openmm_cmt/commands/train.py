@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 
-from openmm_cmt.checkpoint import CheckpointError
+from openmm_cmt.io import CheckpointError
 from openmm_cmt.commands import add_trust_argument, non_negative_int, positive_float, positive_int
 from openmm_cmt.presets import PRESETS
 from openmm_cmt.systems import add_system_arguments, system_from_args
@@ -74,7 +74,7 @@ def _train(args, out: str) -> int:
     from openmm_cmt.presets import preset
     from openmm_cmt.sampler import CHECKPOINT, BoltzmannGeneratorSampler, RunSaveError
 
-    from openmm_cmt.checkpoint import CURRENT
+    from openmm_cmt.io import CURRENT
 
     has_checkpoint = any(os.path.exists(os.path.join(out, name)) for name in (CHECKPOINT, CURRENT))
     if args.resume:

@@ -86,17 +86,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from openmm_cmt import units
+
 
 def system_constraints(system) -> List[Tuple[int, int, float]]:
     """The constraints ``(i, j, distance_nm)`` of an ``openmm.System``."""
     out = []
     for k in range(system.getNumConstraints()):
         i, j, d = system.getConstraintParameters(k)
-        if hasattr(d, "value_in_unit"):
-            from openmm import unit
-
-            d = d.value_in_unit(unit.nanometer)
-        out.append((int(i), int(j), float(d)))
+        out.append((int(i), int(j), float(units.nanometers(d))))
     return out
 
 

@@ -37,6 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from openmm_cmt import units
 from openmm_cmt.coordinates.chirality import constrained_rows, stereocentres
 from openmm_cmt.coordinates.geometry import bond_angles, bond_lengths, dihedral_angles, place_atoms
 from openmm_cmt.coordinates.graph import as_molecule_graph
@@ -221,16 +222,9 @@ class InternalCoordinateTransform(torch.nn.Module):
 
 
 def _positions_tensor(positions, n_atoms: int) -> Tensor:
-    try:
-        from openmm import unit
-
-        if unit.is_quantity(positions):
-            positions = positions.value_in_unit(unit.nanometer)
-    except ImportError:  # openmm is optional for the transform itself
-        pass
     if isinstance(positions, Tensor):
         positions = positions.detach().cpu().double()
-    x = torch.as_tensor(np.asarray(positions, dtype=np.float64))
+    x = torch.as_tensor(units.nanometers(positions))
     if x.dim() == 3 and x.shape[0] == 1:
         x = x[0]
     if x.shape != (n_atoms, 3):

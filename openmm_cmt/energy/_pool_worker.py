@@ -38,7 +38,8 @@ from openmm import unit
 _KJ_PER_MOL = unit.kilojoule_per_mole
 _KJ_PER_MOL_NM = unit.kilojoule_per_mole / unit.nanometer
 
-#: Platform properties used unless the caller overrides them. One thread per CPU
+#: Platform properties of an energy Context unless the caller overrides them (this file
+#: runs without the package, so it does not read openmm_cmt.energy.platforms). One thread per CPU
 #: Context: the pool supplies the parallelism, and for small molecules extra threads
 #: only add synchronisation cost. Mixed precision keeps GPU energies accurate.
 DEFAULT_PROPERTIES = {

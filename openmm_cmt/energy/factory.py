@@ -30,7 +30,8 @@ def create_energy(
         except UnsupportedSystemError:
             if engine == "torch":
                 raise
-        from openmm_cmt.systems.ml import MLEnergy, python_forces
+        from openmm_cmt.energy.ml_energy import MLEnergy
+        from openmm_cmt.systems.ml import python_forces
 
         if python_forces(molsys.system):
             # Machine-learned potentials: a batched model beats one call per conformation.

@@ -9,8 +9,6 @@ travel in chunks through shared memory; the sockets carry only control messages.
 
 from __future__ import annotations
 
-import math
-import os
 import pickle
 import threading
 import warnings
@@ -19,36 +17,13 @@ import numpy as np
 import torch
 import openmm
 
-from openmm_cmt.energy._pool_worker import evaluate, make_context, seconds_per_evaluation
+from openmm_cmt.energy._pool_worker import evaluate, make_context
 from openmm_cmt.energy.base import EnergyEngine
-
-#: Platforms whose Contexts run on one device each; the others use one CPU core each.
-GPU_PLATFORMS = ("CUDA", "OpenCL", "HIP", "Metal")
+from openmm_cmt.energy.platforms import GPU_PLATFORMS, resolve_platform, usable_cores
 
 #: Largest shared-memory block per worker when ``chunk_size`` is automatic (bytes).
 _BLOCK_BYTES = 8 * 2**20
 _MAX_AUTO_CHUNK = 1024
-
-
-def available_platforms() -> list[str]:
-    """Names of the OpenMM platforms that loaded (a listed GPU platform may still lack a device)."""
-    return [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-
-
-def usable_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
-
-
-def _platform_name(name: str) -> str:
-    names = available_platforms()
-    for candidate in names:
-        if candidate.lower() == str(name).lower():
-            return candidate
-    raise ValueError(f"platform must be 'auto' or one of {names}, got {name!r}")
 
 
 def _gpu_count(platform: str) -> int:
@@ -77,14 +52,12 @@ class OpenMMEnergy(EnergyEngine):
 
     Args:
         molsys: a ``MolecularSystem`` (its ``system``, ``positions`` and ``kT`` are used).
-        platform: ``"auto"`` or an OpenMM platform name (Reference, CPU, CUDA, OpenCL).
-            ``"auto"`` times ``measure_seconds`` of single-conformation evaluations of
-            the reference structure on every platform that creates a Context, scales
-            each rate by the number of Contexts it can run at once (one per core for
-            Reference and CPU, one per GPU otherwise) and takes the fastest. The rates
-            are kept in ``platform_rates`` (evaluations/s of one Context).
+        platform: ``"auto"`` (CUDA, else CPU, else Reference:
+            :func:`openmm_cmt.energy.platforms.resolve_platform`) or an OpenMM platform
+            name (Reference, CPU, CUDA, OpenCL).
         n_workers: worker processes; ``"auto"`` is one per usable core for CPU platforms
-            and one per GPU for GPU platforms. ``0`` evaluates in this process.
+            and one per GPU for GPU platforms. ``0`` loops over one Context in this
+            process (no start-up cost: the choice for a few evaluations).
         system_factory: a picklable zero-argument callable returning the System (or a
             MolecularSystem), called once in each worker. Needed only for Systems that
             cannot be serialised to XML (e.g. an ``openmm.PythonForce`` whose function
@@ -95,7 +68,6 @@ class OpenMMEnergy(EnergyEngine):
             1024 conformations and 8 MiB, so that the workers finish together.
         properties: OpenMM platform properties overriding the defaults (CPU:
             Threads=1 per Context; CUDA/OpenCL: Precision=mixed).
-        measure_seconds: timing per platform for ``platform="auto"``.
         hang_timeout: seconds a busy worker may stay silent (stopped, deadlocked)
             before it is replaced, with a RuntimeWarning (default 30).
 
@@ -115,7 +87,6 @@ class OpenMMEnergy(EnergyEngine):
         system_factory=None,
         chunk_size: int | None = None,
         properties: dict | None = None,
-        measure_seconds: float = 0.2,
         hang_timeout: float = 30.0,
     ):
         for attr in ("system", "positions", "kT"):
@@ -143,21 +114,14 @@ class OpenMMEnergy(EnergyEngine):
         if system_spec is None and n_workers != 0:
             n_workers = 0
 
-        self.platform_rates: dict[str, float] = {}
-        self.platform_errors: dict[str, str] = {}
-        if platform == "auto":
-            self.platform = self._measure_platforms(n_workers, measure_seconds)
-        else:
-            self.platform = _platform_name(platform)
+        self.platform = resolve_platform(platform, self.system, self.properties)
         if n_workers == "auto":
             n_workers = _gpu_count(self.platform) if self.platform in GPU_PLATFORMS else usable_cores()
         self.n_workers = int(n_workers)
 
         if self.n_workers == 0:
-            if self._context is None:
-                self._context = make_context(self.system, self.platform, self.properties)
+            self._context = make_context(self.system, self.platform, self.properties)
         else:
-            self._context = None  # the measurement Context is not needed in this process
             from openmm_cmt.energy._openmm_pool import WorkerPool
 
             row_bytes = 8 * (1 + 3 * self.n_atoms)
@@ -203,36 +167,6 @@ class OpenMMEnergy(EnergyEngine):
                 stacklevel=3,
             )
             return None
-
-    def _measure_platforms(self, n_workers, seconds: float) -> str:
-        """Time every platform and keep the fastest for this pool size."""
-        cores = usable_cores()
-        best, best_rate, best_context = None, -1.0, None
-        for name in available_platforms():
-            try:
-                context = make_context(self.system, name, self.properties)
-                per_eval, energy = seconds_per_evaluation(context, self.positions, seconds)
-            except Exception as err:  # no device, missing kernels, ...
-                self.platform_errors[name] = str(err).splitlines()[0] if str(err) else type(err).__name__
-                continue
-            if not math.isfinite(energy):
-                self.platform_errors[name] = f"non-finite energy {energy} at the reference positions"
-                continue
-            rate = 1.0 / per_eval
-            self.platform_rates[name] = rate
-            if n_workers == 0:
-                parallel = 1
-            elif name in GPU_PLATFORMS:
-                parallel = _gpu_count(name)
-            else:
-                parallel = cores if n_workers == "auto" else min(n_workers, cores)
-            if rate * parallel > best_rate:
-                best, best_rate, best_context = name, rate * parallel, context
-            del context
-        if best is None:
-            raise RuntimeError(f"no OpenMM platform could evaluate the System: {self.platform_errors}")
-        self._context = best_context
-        return best
 
     @property
     def worker_pids(self) -> list[int]:

@@ -277,12 +277,15 @@ class Generator(nn.Module):
         if scaling == "fixed":
             kinds, centre, half_width = ic_scaling(transform, bond_width, angle_width)
         elif scaling == "harmonic":
+            from openmm_cmt.energy.openmm_energy import OpenMMEnergy
             from openmm_cmt.flows.scaling import harmonic_scaling
 
             graph = as_molecule_graph(molsys.topology)
-            kinds, centre, half_width = harmonic_scaling(
-                transform, molsys, graph.bonds, graph.elements, width_factor, fixed=(fixed, lengths)
-            )
+            # Exact energies in-process: a worker pool would cost more to start than 2D + 1 evaluations.
+            with OpenMMEnergy(molsys, platform="Reference", n_workers=0) as engine:
+                kinds, centre, half_width = harmonic_scaling(
+                    transform, engine.reduced_energy, graph.bonds, graph.elements, width_factor, fixed=(fixed, lengths)
+                )
         else:
             raise ValueError(f"scaling must be 'fixed' or 'harmonic', got {scaling!r}")
         held = set(fixed.tolist())

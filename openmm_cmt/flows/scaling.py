@@ -11,7 +11,8 @@ reduced energy u = E/kT along each internal coordinate at the reference structur
           \frac{u(q + h e_i) - 2 u(q) + u(q - h e_i)}{h^2},
     \qquad s_i = c_i^{-1/2},
 
-(2D + 1 exact energy evaluations, central differences), each bounded coordinate gets
+(2D + 1 energy evaluations by central differences, through a reduced-energy callable
+that the caller supplies), each bounded coordinate gets
 the interval ``ref +- clip(width_factor * s_i, floor, cap)``. ``s_i`` is the width of
 the conditional harmonic distribution, which underestimates the marginal width when
 coordinates couple, hence the generous ``width_factor`` (support of about ten
@@ -81,15 +82,20 @@ def improper_dihedrals(transform, bonds: np.ndarray) -> np.ndarray:
     return np.array(out, dtype=np.int64)
 
 
-def ic_curvatures(transform, molsys, fixed=None) -> np.ndarray:
+def ic_curvatures(transform, reduced_energy, fixed=None) -> np.ndarray:
     """Diagonal curvature d^2 u / dq_i^2 of the reduced energy at the reference ICs,
-    by central differences with exact OpenMM energies (2D + 1 evaluations).
+    by central differences (2D + 1 evaluations).
 
-    ``fixed``: optional ``(indices, values)`` of constrained bond ICs; the reference
-    point holds them at their values and they get no curvature (``nan``).
+    ``reduced_energy``: a callable mapping float64 positions ``[B, n_atoms, 3]`` (nm,
+    numpy) to reduced energies u = E/kT ``[B]``, e.g. an energy engine's
+    ``reduced_energy``. ``fixed``: optional ``(indices, values)`` of constrained bond
+    ICs; the reference point holds them at their values and they get no curvature (``nan``).
     """
-    from openmm_cmt.energy.openmm_energy import OpenMMEnergy
-
+    if not callable(reduced_energy):
+        raise TypeError(
+            "reduced_energy must be a callable mapping positions [B, n_atoms, 3] (nm) to u = E/kT [B], "
+            f"got {type(reduced_energy).__name__}"
+        )
     t = copy.deepcopy(transform).double()  # the caller's transform keeps its dtype
     ref = t.reference_ic.detach().double().clone()
     dim = ref.numel()
@@ -106,25 +112,26 @@ def ic_curvatures(transform, molsys, fixed=None) -> np.ndarray:
     points = torch.cat([ref[None], ref + step, ref - step])
     with torch.no_grad():
         x, _ = t.to_cartesian(points)
-    # In-process: a worker pool would cost more to start than these few evaluations.
-    with OpenMMEnergy(molsys, platform="Reference", n_workers=0) as engine:
-        u = engine.reduced_energy(x.numpy())
+    u = np.asarray(reduced_energy(x.numpy()), dtype=np.float64)
+    if u.shape != (points.shape[0],):
+        raise ValueError(f"reduced_energy must return shape ({points.shape[0]},), got {u.shape}")
     k = len(varied)
     out = np.full(dim, np.nan)
     out[varied.numpy()] = (u[1 : k + 1] - 2.0 * u[0] + u[k + 1 :]) / h[varied].numpy() ** 2
     return out
 
 
-def harmonic_scaling(transform, molsys, bonds: np.ndarray, elements, width_factor: float = 10.0, fixed=None) -> Tuple[List[int], torch.Tensor, torch.Tensor]:
+def harmonic_scaling(transform, reduced_energy, bonds: np.ndarray, elements, width_factor: float = 10.0, fixed=None) -> Tuple[List[int], torch.Tensor, torch.Tensor]:
     """Kinds, centres and half-widths of every IC (module docstring), float64.
 
+    ``reduced_energy``: the target's u(x) as for :func:`ic_curvatures`.
     ``fixed``: optional ``(indices, values)`` of constrained bond ICs (held at their
     values, not differentiated; their entries are placeholders for the caller to drop).
     """
     if not width_factor > 0:
         raise ValueError(f"width_factor must be positive, got {width_factor}")
     ref = transform.reference_ic.detach().to(torch.float64).cpu()
-    curvature = torch.as_tensor(ic_curvatures(transform, molsys, fixed))
+    curvature = torch.as_tensor(ic_curvatures(transform, reduced_energy, fixed))
     # A non-positive curvature (reference not exactly at a minimum) gets the cap, as do
     # the held ICs (nan).
     s = torch.where(curvature > 0, curvature.clamp(min=1e-12).rsqrt(), torch.full_like(curvature, math.inf))

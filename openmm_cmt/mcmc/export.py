@@ -35,9 +35,9 @@ import torch
 import openmm
 from openmm import unit
 
-import openmm_cmt
-from openmm_cmt.checkpoint import atomic_write_bytes
-from openmm_cmt.mcmc.proposals import check_constraints, generator_constraints
+from openmm_cmt._version import __version__
+from openmm_cmt.io import atomic_write_bytes
+from openmm_cmt.mcmc.compatibility import check_constraints, generator_constraints
 
 METADATA_FILE = "openmm_cmt_metadata.json"
 
@@ -136,7 +136,7 @@ def export_generator(generator: torch.nn.Module, molsys, path, dtype: torch.dtyp
             "surface measure of the constraint manifold (what constrained MD samples)"
         ),
         "system": molsys.name,
-        "openmm_cmt_version": openmm_cmt.__version__,
+        "openmm_cmt_version": __version__,
         "torch_version": torch.__version__,
         "openmm_version": openmm.__version__,
     }

@@ -26,7 +26,7 @@ from openmm_cmt.mcmc.proposals import (
     maxwell_boltzmann,
     split_seed,
 )
-from openmm_cmt.reference.replicated_context import ReplicatedContext
+from openmm_cmt.replicas.replicated_context import ReplicatedContext
 
 
 class ManyChainHybridMC:
@@ -40,7 +40,7 @@ class ManyChainHybridMC:
         md_steps: Langevin steps between proposal rounds (0: generator moves only).
         timestep: ps; collision_rate: 1/ps (``LangevinMiddleIntegrator`` at
             ``molsys.temperature``).
-        platform: OpenMM platform name or ``"auto"`` (CUDA, else CPU).
+        platform: OpenMM platform name or ``"auto"`` (:mod:`openmm_cmt.energy.platforms`).
         energy: an ``EnergyEngine`` for ``molsys`` giving exact per-copy energies; default
             ``create_energy(molsys)``.
         positions: starting conformation ``[N, 3]`` nm (default ``molsys.positions``) or

@@ -27,11 +27,11 @@ import time
 import numpy as np
 from openmm import unit
 
+from openmm_cmt import units
 from openmm_cmt.mcmc.proposals import (
     GeneratorProposal,
     centre_of_mass,
     check_system,
-    kT_of,
     log_acceptance,
     maxwell_boltzmann,
     split_seed,
@@ -79,8 +79,8 @@ class HybridMC:
             if getter is None:
                 raise ValueError("the Simulation's integrator has no temperature; pass temperature= in K")
             temperature = getter()
-        self.kT = kT_of(temperature)
-        self.temperature = temperature.value_in_unit(unit.kelvin) if unit.is_quantity(temperature) else float(temperature)
+        self.temperature = units.kelvin(temperature)
+        self.kT = units.kT(self.temperature)
         self.md_steps = int(md_steps)
         self.masses = system_masses(system)
         proposal_seed, own_seed = split_seed(seed, 2)

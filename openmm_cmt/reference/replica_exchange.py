@@ -1,7 +1,7 @@
 r"""Temperature replica exchange as many independent ladders in one OpenMM Context.
 
 ``n_ladders x n_temps`` copies of the molecule run Langevin dynamics side by side in a
-:class:`~openmm_cmt.reference.replicated_context.ReplicatedContext`, each at the
+:class:`~openmm_cmt.replicas.replicated_context.ReplicatedContext`, each at the
 temperature of its place in its ladder (a per-copy kT of the BAOAB integrator). Every
 ``swap_interval`` the copies' potential energies come from an energy engine and
 neighbouring temperatures of each ladder exchange by the Metropolis rule
@@ -15,69 +15,33 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 import time
 
 import numpy as np
-import openmm
-from openmm import unit
+import torch
 
+from openmm_cmt.energy import UnsupportedSystemError, create_energy
 from openmm_cmt.energy.base import EnergyEngine
+from openmm_cmt.io import atomic_file
 from openmm_cmt.reference._ramachandran import backbone_dihedrals, split_tv
-from openmm_cmt.reference.integrator import copy_velocities, per_copy_langevin_integrator, set_copy_temperatures
 from openmm_cmt.reference.metadata import reference_metadata
-from openmm_cmt.reference.replicated_context import ReplicatedContext
+from openmm_cmt.replicas.integrator import copy_velocities, per_copy_langevin_integrator, set_copy_temperatures
+from openmm_cmt.replicas.replicated_context import ReplicatedContext
 from openmm_cmt.reference.swaps import RoundTripCounter, attempt_swaps, states_of_replicas
 
 #: Histogram bins per axis of the split-half Ramachandran TV.
 RAMACHANDRAN_BINS = 100
 
 
-class ContextLoopEnergy(EnergyEngine):
-    """Exact energies from one OpenMM Context, one conformation at a time: the fallback
-    when no batched engine of :mod:`openmm_cmt.energy` is available."""
-
-    def __init__(self, system: openmm.System, kT: float, platform: str = "CPU"):
-        super().__init__(system.getNumParticles(), kT)
-        self._integrator = openmm.VerletIntegrator(0.001)
-        props = {"Threads": "1"} if platform == "CPU" else {}
-        self._context = openmm.Context(system, self._integrator, openmm.Platform.getPlatformByName(platform), props)
-
-    def _energy(self, x, forces):
-        import torch
-
-        xs = x.detach().cpu().numpy()
-        e = np.empty(len(xs))
-        f = np.empty_like(xs) if forces else None
-        for i, xi in enumerate(xs):
-            self._context.setPositions(xi)
-            state = self._context.getState(getEnergy=True, getForces=forces)
-            e[i] = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-            if forces:
-                f[i] = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
-        e = torch.as_tensor(e, device=x.device)
-        return (e, torch.as_tensor(f, device=x.device)) if forces else e
-
-
 def default_energy(molsys, platform_name: str) -> EnergyEngine:
     """The batched torch engine (on the GPU when the MD runs on CUDA; eager, since a
-    swap round's few thousand energies do not repay compilation), the OpenMM
-    engine for Systems the torch engine does not support, or
-    :class:`ContextLoopEnergy` where the energy engines are not installed."""
+    swap round's few thousand energies do not repay compilation), or the exact OpenMM
+    engine for Systems the torch engine does not support."""
+    on_gpu = platform_name == "CUDA" and torch.cuda.is_available()
     try:
-        import torch
-
-        from openmm_cmt.energy import UnsupportedSystemError, create_energy
-
-        on_gpu = platform_name == "CUDA" and torch.cuda.is_available()
-        try:
-            return create_energy(molsys, engine="torch", device="cuda" if on_gpu else "cpu", compile=False)
-        except UnsupportedSystemError:
-            return create_energy(molsys, engine="openmm")
-    except ModuleNotFoundError as err:
-        if not (err.name or "").startswith("openmm_cmt.energy"):
-            raise
-    return ContextLoopEnergy(molsys.system, molsys.kT, "CUDA" if platform_name == "CUDA" else "CPU")
+        return create_energy(molsys, engine="torch", device="cuda" if on_gpu else "cpu", compile=False)
+    except UnsupportedSystemError:
+        return create_energy(molsys, engine="openmm")
 
 
 @dataclasses.dataclass
@@ -112,7 +76,7 @@ class ReferenceSamples:
         return None
 
     def save(self, path) -> None:
-        """Write an ``.npz`` atomically (temporary file in the same folder, then rename)."""
+        """Write an ``.npz`` atomically (:func:`openmm_cmt.io.atomic_file`)."""
         path = os.fspath(path)
         arrays = {
             "frames": self.frames.astype(np.float32),
@@ -128,20 +92,8 @@ class ReferenceSamples:
         }
         if self.phi_psi is not None:
             arrays["phi_psi"] = self.phi_psi
-        folder = os.path.dirname(os.path.abspath(path))
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, **arrays)
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates the file private
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        with atomic_file(path) as fh:
+            np.savez(fh, **arrays)
 
 
 def load_reference(path) -> dict:
@@ -180,7 +132,7 @@ class ReplicaExchange:
         timestep: ps.
         collision_rate: Langevin friction, 1/ps.
         swap_interval, save_interval, recentre_interval: ps, multiples of the timestep.
-        platform: OpenMM platform name or ``"auto"``.
+        platform: OpenMM platform name or ``"auto"`` (:mod:`openmm_cmt.energy.platforms`).
         spacing, cutoff: grid spacing and pairwise cutoff of the replicated System, nm.
         energy: engine for per-copy energies (default :func:`default_energy`, closed by
             :meth:`close`; use the object as a context manager).

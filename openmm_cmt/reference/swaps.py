@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from openmm_cmt.systems.molecular_system import MOLAR_GAS_CONSTANT
+from openmm_cmt import units
 
 
 def geometric_temperatures(t_min: float, t_max: float, n: int) -> np.ndarray:
@@ -57,7 +57,7 @@ def attempt_swaps(replica_at: np.ndarray, energies: np.ndarray, temperatures, pa
         raise ValueError(f"energies must have shape {replica_at.shape} (ladders, replicas), got {energies.shape}")
     if not np.all(np.isfinite(energies)):
         raise ValueError("non-finite replica energies: the dynamics blew up (try a smaller timestep)")
-    beta = 1.0 / (MOLAR_GAS_CONSTANT * np.asarray(temperatures, dtype=np.float64))
+    beta = 1.0 / units.kT(np.asarray(temperatures, dtype=np.float64))
     pairs = np.arange(parity, replica_at.shape[1] - 1, 2)
     low, high = replica_at[:, pairs], replica_at[:, pairs + 1]
     log_acc = swap_log_acceptance(

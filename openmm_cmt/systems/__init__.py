@@ -1,4 +1,4 @@
-"""Molecular systems and toy targets."""
+"""Molecular systems: built-in peptides, PDB files, openmm-ml potentials, run folders."""
 
 from openmm_cmt.systems.alanine_dipeptide import alanine_dipeptide
 from openmm_cmt.systems.molecular_system import MolecularSystem

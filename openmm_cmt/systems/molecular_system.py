@@ -10,10 +10,8 @@ import numpy as np
 import openmm
 from openmm import app, unit
 
+from openmm_cmt import units
 from openmm_cmt.systems.support import check_topology
-
-#: Molar gas constant in kJ/(mol K), the value OpenMM uses.
-MOLAR_GAS_CONSTANT = unit.MOLAR_GAS_CONSTANT_R.value_in_unit(unit.kilojoule_per_mole / unit.kelvin)
 
 
 @dataclasses.dataclass
@@ -40,7 +38,7 @@ class MolecularSystem:
     system_factory: Callable[[], openmm.System] | None = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self):
-        self.positions = _as_nm_array(self.positions)
+        self.positions = units.nanometers(self.positions)
         n = self.system.getNumParticles()
         if self.positions.shape != (n, 3):
             raise ValueError(
@@ -56,11 +54,9 @@ class MolecularSystem:
                 "no temperature given: pass temperature= in K (a Simulation whose integrator has no "
                 "temperature, e.g. VerletIntegrator, samples no canonical ensemble to learn)"
             )
-        if unit.is_quantity(self.temperature):
-            self.temperature = self.temperature.value_in_unit(unit.kelvin)
-        if not (isinstance(self.temperature, (int, float, np.integer, np.floating)) and self.temperature > 0):
+        if not (unit.is_quantity(self.temperature) or isinstance(self.temperature, (int, float, np.integer, np.floating))):
             raise ValueError(f"temperature must be a positive number (K), got {self.temperature!r}")
-        self.temperature = float(self.temperature)
+        self.temperature = units.kelvin(self.temperature)
 
     @property
     def n_atoms(self) -> int:
@@ -74,7 +70,7 @@ class MolecularSystem:
     @property
     def kT(self) -> float:
         """Thermal energy in kJ/mol."""
-        return MOLAR_GAS_CONSTANT * self.temperature
+        return units.kT(self.temperature)
 
     @property
     def elements(self) -> list[str]:
@@ -85,15 +81,6 @@ class MolecularSystem:
         return np.array(
             [self.system.getParticleMass(i).value_in_unit(unit.dalton) for i in range(self.n_atoms)]
         )
-
-    def reference_energy(self, platform: str = "Reference") -> float:
-        """Potential energy of ``positions`` in kJ/mol, from a fresh OpenMM Context."""
-        integrator = openmm.VerletIntegrator(0.001)
-        context = openmm.Context(self.system, integrator, openmm.Platform.getPlatformByName(platform))
-        context.setPositions(self.positions)
-        energy = context.getState(getEnergy=True).getPotentialEnergy()
-        del context, integrator
-        return energy.value_in_unit(unit.kilojoule_per_mole)
 
     @classmethod
     def from_pdb(
@@ -190,8 +177,3 @@ def _implicit_solvent_file(spec: str) -> str:
         return spec
     raise ValueError(f"unknown implicit solvent {spec!r}; expected one of {sorted(_IMPLICIT)} or an XML file")
 
-
-def _as_nm_array(positions) -> np.ndarray:
-    if unit.is_quantity(positions):
-        positions = positions.value_in_unit(unit.nanometer)
-    return np.array(positions, dtype=np.float64)

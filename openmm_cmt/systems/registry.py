@@ -36,16 +36,16 @@ def resolve(spec: str, forcefield_files=None, temperature: float | None = None, 
 
     ``spec`` is a registered name, a path ending in ``.pdb`` (then
     ``forcefield_files`` and ``implicit_solvent`` are used), or a folder holding
-    ``system.xml`` (a run folder, or one written by ``openmm_cmt.checkpoint.save_system``).
+    ``system.xml`` (a run folder, or one written by ``openmm_cmt.systems.files.save_system``).
     A name or PDB path followed by ``:<potential>`` is the same molecule with a pure
     openmm-ml potential (e.g. ``alanine-dipeptide:ani2x``; ``openmm_cmt.systems.ml``).
     A folder whose System carries serialised Python is refused unless ``trust_run``
-    (``openmm_cmt.checkpoint.load_system``).
+    (``openmm_cmt.systems.files.load_system``).
     """
     import os
 
     if os.path.isdir(spec) and os.path.isfile(os.path.join(spec, "system.xml")):
-        from openmm_cmt.checkpoint import load_system
+        from openmm_cmt.systems.files import load_system
 
         molsys = load_system(spec, trust_run=trust_run)
         if temperature is not None:

@@ -1,19 +1,12 @@
-"""Reading plain numbers out of OpenMM's Python API."""
+"""Index and parameter buffers, and periodic boxes, from OpenMM's Python API."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from openmm import unit
 
 from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
-
-
-def value(q) -> float:
-    """A float in OpenMM's MD units (nm, kJ/mol, radians, e) from a number or Quantity."""
-    if unit.is_quantity(q):
-        q = q.value_in_unit_system(unit.md_unit_system)
-    return float(q)
+from openmm_cmt.units import md_value
 
 
 def index_buffer(values) -> torch.Tensor:
@@ -28,7 +21,7 @@ def real_buffer(values, dtype: torch.dtype) -> torch.Tensor:
 def periodic_box(system, cutoff: float, what: str) -> np.ndarray:
     """The System's default box vectors as rows [3, 3] (nm), checked as OpenMM checks
     them for a cutoff: every width a_x, b_y, c_z at least twice ``cutoff``."""
-    box = np.array([[value(c) for c in v] for v in system.getDefaultPeriodicBoxVectors()], dtype=np.float64)
+    box = np.array([[md_value(c) for c in v] for v in system.getDefaultPeriodicBoxVectors()], dtype=np.float64)
     widths = np.diag(box)
     if np.any(widths < 1.999999 * cutoff):
         raise UnsupportedSystemError(f"{what}: the periodic box widths {widths.tolist()} nm must be at least twice "

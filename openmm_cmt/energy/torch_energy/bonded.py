@@ -14,8 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from openmm_cmt.energy.torch_energy._params import force_box, index_buffer, real_buffer, value
+from openmm_cmt.energy.torch_energy._params import force_box, index_buffer, real_buffer
 from openmm_cmt.energy.torch_energy.geometry import angle, attach_box, dihedral, distance, energy_sum
+from openmm_cmt.units import md_value
 
 
 class HarmonicBond(nn.Module):
@@ -202,8 +203,8 @@ def build_harmonic_bond(force, system, dtype):
     return HarmonicBond(
         index_buffer([r[0] for r in rows]),
         index_buffer([r[1] for r in rows]),
-        real_buffer([value(r[2]) for r in rows], dtype),
-        real_buffer([value(r[3]) for r in rows], dtype),
+        real_buffer([md_value(r[2]) for r in rows], dtype),
+        real_buffer([md_value(r[3]) for r in rows], dtype),
         force_box(force, system),
     )
 
@@ -214,8 +215,8 @@ def build_harmonic_angle(force, system, dtype):
         return None
     return HarmonicAngle(
         *(index_buffer([r[c] for r in rows]) for c in range(3)),
-        real_buffer([value(r[3]) for r in rows], dtype),
-        real_buffer([value(r[4]) for r in rows], dtype),
+        real_buffer([md_value(r[3]) for r in rows], dtype),
+        real_buffer([md_value(r[4]) for r in rows], dtype),
         force_box(force, system),
     )
 
@@ -227,8 +228,8 @@ def build_periodic_torsion(force, system, dtype):
     return PeriodicTorsion(
         np.array([r[:4] for r in rows], dtype=np.int64),
         real_buffer([r[4] for r in rows], dtype),
-        real_buffer([value(r[5]) for r in rows], dtype),
-        real_buffer([value(r[6]) for r in rows], dtype),
+        real_buffer([md_value(r[5]) for r in rows], dtype),
+        real_buffer([md_value(r[6]) for r in rows], dtype),
         force_box(force, system),
     )
 
@@ -239,7 +240,7 @@ def build_rb_torsion(force, system, dtype):
         return None
     return RBTorsion(
         np.array([r[:4] for r in rows], dtype=np.int64),
-        real_buffer([[value(c) for c in r[4:10]] for r in rows], dtype),
+        real_buffer([[md_value(c) for c in r[4:10]] for r in rows], dtype),
         force_box(force, system),
     )
 
@@ -250,7 +251,7 @@ def build_cmap_torsion(force, system, dtype):
     offsets, sizes, blocks, start = [], [], [], 0
     for m in range(force.getNumMaps()):
         size, energy = force.getMapParameters(m)
-        blocks.append(cmap_coefficients(size, [value(e) for e in energy]))
+        blocks.append(cmap_coefficients(size, [md_value(e) for e in energy]))
         offsets.append(start)
         sizes.append(size)
         start += size * size

@@ -39,7 +39,7 @@ import torch
 import openmm
 from torch import Tensor, nn
 
-from openmm_cmt.energy.torch_energy._params import force_box, index_buffer, real_buffer, value
+from openmm_cmt.energy.torch_energy._params import force_box, index_buffer, real_buffer
 from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
 from openmm_cmt.energy.torch_energy.expression import (
     CompiledExpression,
@@ -53,6 +53,7 @@ from openmm_cmt.energy.torch_energy.expression import (
 )
 from openmm_cmt.energy.torch_energy.geometry import angle, attach_box, dihedral, distance, energy_sum
 from openmm_cmt.energy.torch_energy.tabulated import tabulated_functions
+from openmm_cmt.units import md_value
 
 
 def _globals(force) -> Dict[str, float]:
@@ -342,7 +343,7 @@ def _pair_force_basics(force, system: openmm.System, cls):
     if n != system.getNumParticles():
         raise UnsupportedSystemError(f"has {n} particles but the System has {system.getNumParticles()}")
     names = [force.getPerParticleParameterName(i) for i in range(force.getNumPerParticleParameters())]
-    cutoff = value(force.getCutoffDistance()) if method != cls.NoCutoff else 0.0
+    cutoff = md_value(force.getCutoffDistance()) if method != cls.NoCutoff else 0.0
     return n, _globals(force), names, cutoff, force_box(force, system, cutoff)
 
 
@@ -366,7 +367,7 @@ def build_custom_nonbonded(force: openmm.CustomNonbondedForce, system: openmm.Sy
         names = names + [name]
 
     pairs = _interaction_pairs(force, n, _exclusion_set(force))
-    switch = value(force.getSwitchingDistance()) if force.getUseSwitchingFunction() and cutoff > 0 else -1.0
+    switch = md_value(force.getSwitchingDistance()) if force.getUseSwitchingFunction() and cutoff > 0 else -1.0
     if force.getUseSwitchingFunction() and cutoff > 0 and not 0.0 <= switch < cutoff:
         raise UnsupportedSystemError(f"switching distance {switch} nm must lie in [0, cutoff = {cutoff} nm)")
     inputs = ["r"] + [f"{p}1" for p in names] + [f"{p}2" for p in names]

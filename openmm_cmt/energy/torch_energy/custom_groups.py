@@ -25,7 +25,7 @@ import openmm
 import torch
 from torch import Tensor, nn
 
-from openmm_cmt.energy.torch_energy._params import force_box, index_buffer, periodic_box, real_buffer, value
+from openmm_cmt.energy.torch_energy._params import force_box, index_buffer, periodic_box, real_buffer
 from openmm_cmt.energy.torch_energy.custom import (
     _compile,
     _globals,
@@ -36,6 +36,7 @@ from openmm_cmt.energy.torch_energy.custom import (
 from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
 from openmm_cmt.energy.torch_energy.geometry import energy_sum, minimum_image
 from openmm_cmt.energy.torch_energy.tabulated import tabulated_functions
+from openmm_cmt.units import md_value
 
 
 class CustomExternalTerm(nn.Module):
@@ -109,7 +110,7 @@ def build_custom_centroid_bond(force: openmm.CustomCentroidBondForce, system: op
         particles = list(particles)
         w = np.asarray(list(w), dtype=np.float64)
         if len(w) == 0:
-            w = np.array([value(system.getParticleMass(p)) for p in particles], dtype=np.float64)
+            w = np.array([md_value(system.getParticleMass(p)) for p in particles], dtype=np.float64)
         total = w.sum()
         if len(particles) == 0 or total == 0.0:
             raise UnsupportedSystemError(f"group {g} has no particles or zero total weight")
@@ -129,7 +130,7 @@ def build_custom_centroid_bond(force: openmm.CustomCentroidBondForce, system: op
 
 def build_custom_hbond(force: openmm.CustomHbondForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
     method = force.getNonbondedMethod()
-    cutoff = value(force.getCutoffDistance()) if method != openmm.CustomHbondForce.NoCutoff else 0.0
+    cutoff = md_value(force.getCutoffDistance()) if method != openmm.CustomHbondForce.NoCutoff else 0.0
     box = periodic_box(system, cutoff, "CustomHbondForce") if method == openmm.CustomHbondForce.CutoffPeriodic else None
     donor_names = [force.getPerDonorParameterName(i) for i in range(force.getNumPerDonorParameters())]
     acceptor_names = [force.getPerAcceptorParameterName(i) for i in range(force.getNumPerAcceptorParameters())]

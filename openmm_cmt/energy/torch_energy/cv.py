@@ -42,9 +42,19 @@ class CustomCVTerm(nn.Module):
         return torch.broadcast_to(self.energy(values), (x.shape[0],)).to(torch.float64)
 
 
-def build_custom_cv(force: openmm.CustomCVForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
-    from openmm_cmt.energy.torch_energy.module import compile_force  # compiles this force's class too
+def custom_cv_builder(compile_force):
+    """The builder of CustomCVForce terms, compiling each collective variable's force with
+    ``compile_force(force, system, dtype, label) -> (term, problems)`` (the caller's own
+    force compiler, so that any force class it supports can be a variable)."""
 
+    def build(force: openmm.CustomCVForce, system: openmm.System, dtype: torch.dtype) -> nn.Module:
+        return build_custom_cv(force, system, dtype, compile_force)
+
+    return build
+
+
+def build_custom_cv(force: openmm.CustomCVForce, system: openmm.System, dtype: torch.dtype, compile_force) -> nn.Module:
+    """A CustomCVForce as a torch module; ``compile_force`` as for :func:`custom_cv_builder`."""
     names, variables, problems = [], [], []
     for k in range(force.getNumCollectiveVariables()):
         name = force.getCollectiveVariableName(k)

@@ -22,6 +22,7 @@ from torch import nn
 from openmm_cmt.energy.torch_energy import bonded, nonbonded, obc
 from openmm_cmt.energy.torch_energy.custom import CUSTOM_BUILDERS
 from openmm_cmt.energy.torch_energy.custom_groups import GROUP_BUILDERS
+from openmm_cmt.energy.torch_energy.cv import custom_cv_builder
 from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
 
 Builder = Callable[[openmm.Force, openmm.System, torch.dtype], "nn.Module | None"]
@@ -83,13 +84,11 @@ PERIODIC_BUILDERS = {"NonbondedForce", "GBSAOBCForce", "HarmonicBondForce", "Har
 def builders() -> dict[str, Builder]:
     """Builders by OpenMM force class name: the native ones, the Lepton-compiled
     Custom*Force ones (``custom``, ``custom_groups``) and CustomCVForce (``cv``)."""
-    # Imported here: CustomCVForce compiles its variables with this very table.
-    from openmm_cmt.energy.torch_energy.cv import build_custom_cv
-
     table = dict(_NATIVE_BUILDERS)
     table.update(CUSTOM_BUILDERS)
     table.update(GROUP_BUILDERS)
-    table["CustomCVForce"] = build_custom_cv
+    # CustomCVForce compiles its variables with this very table.
+    table["CustomCVForce"] = custom_cv_builder(compile_force)
     return table
 
 

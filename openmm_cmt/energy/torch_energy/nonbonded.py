@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from openmm_cmt.energy.torch_energy._params import index_buffer, periodic_box, real_buffer, value
+from openmm_cmt.energy.torch_energy._params import index_buffer, periodic_box, real_buffer
 from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
 from openmm_cmt.energy.torch_energy.geometry import attach_box, distance, energy_sum
+from openmm_cmt.units import md_value
 
 #: 1/(4 pi eps0) in kJ nm / (mol e^2), the CODATA 2018 value OpenMM 8 uses.
 ONE_4PI_EPS0 = 138.93545764438198
@@ -174,7 +175,7 @@ def _global_defaults(force) -> dict[str, float]:
 def _particle_parameters(force) -> np.ndarray:
     """[N, 3] (charge, sigma, epsilon) with parameter offsets applied at the global
     parameters' default values (the values a fresh Context uses)."""
-    params = np.array([[value(v) for v in force.getParticleParameters(n)] for n in range(force.getNumParticles())],
+    params = np.array([[md_value(v) for v in force.getParticleParameters(n)] for n in range(force.getNumParticles())],
                       dtype=np.float64).reshape(-1, 3)
     defaults = _global_defaults(force)
     for n in range(force.getNumParticleParameterOffsets()):
@@ -187,7 +188,7 @@ def _exception_parameters(force) -> tuple[np.ndarray, np.ndarray]:
     """Exception pairs [M, 2] and (charge product, sigma, epsilon) [M, 3], offsets applied."""
     rows = [force.getExceptionParameters(n) for n in range(force.getNumExceptions())]
     pairs = np.array([r[:2] for r in rows], dtype=np.int64).reshape(-1, 2)
-    params = np.array([[value(v) for v in r[2:]] for r in rows], dtype=np.float64).reshape(-1, 3)
+    params = np.array([[md_value(v) for v in r[2:]] for r in rows], dtype=np.float64).reshape(-1, 3)
     defaults = _global_defaults(force)
     for n in range(force.getNumExceptionParameterOffsets()):
         name, exception, dqq, dsigma, deps = force.getExceptionParameterOffset(n)
@@ -204,7 +205,7 @@ def build_nonbonded(force, system, dtype):
             f"nonbonded method {names.get(method, method)} is not supported (Ewald sums are not implemented; "
             "NoCutoff, CutoffNonPeriodic and CutoffPeriodic are)")
     periodic = method == force.CutoffPeriodic
-    box = periodic_box(system, value(force.getCutoffDistance()), "NonbondedForce") if periodic else None
+    box = periodic_box(system, md_value(force.getCutoffDistance()), "NonbondedForce") if periodic else None
     n_atoms = force.getNumParticles()
     q, sigma, eps = _particle_parameters(force).T
     exc_pairs, exc = _exception_parameters(force)
@@ -224,8 +225,8 @@ def build_nonbonded(force, system, dtype):
     if method == force.NoCutoff:
         pairs = PlainPairs(*args)
     else:
-        cutoff = value(force.getCutoffDistance())
-        switch = value(force.getSwitchingDistance()) if force.getUseSwitchingFunction() else cutoff
+        cutoff = md_value(force.getCutoffDistance())
+        switch = md_value(force.getSwitchingDistance()) if force.getUseSwitchingFunction() else cutoff
         pairs = ReactionFieldPairs(*args, cutoff=cutoff, dielectric=force.getReactionFieldDielectric(), switch=switch,
                                    box=box)
 
@@ -243,6 +244,6 @@ def build_nonbonded(force, system, dtype):
         return PlainPairs(*merged) if len(merged[0]) else None
     constant = 0.0
     if periodic and force.getUseDispersionCorrection():
-        switch = value(force.getSwitchingDistance()) if force.getUseSwitchingFunction() else None
-        constant = dispersion_correction(sigma, eps, value(force.getCutoffDistance()), switch, float(np.prod(np.diag(box))))
+        switch = md_value(force.getSwitchingDistance()) if force.getUseSwitchingFunction() else None
+        constant = dispersion_correction(sigma, eps, md_value(force.getCutoffDistance()), switch, float(np.prod(np.diag(box))))
     return Nonbonded(pairs, exceptions, constant)

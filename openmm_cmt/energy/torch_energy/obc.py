@@ -33,9 +33,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from openmm_cmt.energy.torch_energy._params import index_buffer, periodic_box, real_buffer, value
+from openmm_cmt.energy.torch_energy._params import index_buffer, periodic_box, real_buffer
 from openmm_cmt.energy.torch_energy.geometry import attach_box, distance, energy_sum
 from openmm_cmt.energy.torch_energy.nonbonded import ONE_4PI_EPS0
+from openmm_cmt.units import md_value
 
 DIELECTRIC_OFFSET = 0.009  # nm
 PROBE_RADIUS = 0.14  # nm
@@ -116,7 +117,7 @@ def build_gbsa_obc(force, system, dtype):
     n = force.getNumParticles()
     if n == 0:
         return None
-    params = np.array([[value(v) for v in force.getParticleParameters(k)] for k in range(n)], dtype=np.float64)
+    params = np.array([[md_value(v) for v in force.getParticleParameters(k)] for k in range(n)], dtype=np.float64)
     charge, radius, scale = params.T
     small = np.flatnonzero(radius <= DIELECTRIC_OFFSET)
     if len(small):
@@ -124,7 +125,7 @@ def build_gbsa_obc(force, system, dtype):
                          f"particles {small[:10].tolist()} have radii {radius[small[:10]].tolist()}")
     solute, solvent = force.getSoluteDielectric(), force.getSolventDielectric()
     prefactor = -ONE_4PI_EPS0 * (1.0 / solute - 1.0 / solvent) if solute != 0 and solvent != 0 else 0.0
-    cutoff = value(force.getCutoffDistance()) if method != force.NoCutoff else float("inf")
+    cutoff = md_value(force.getCutoffDistance()) if method != force.NoCutoff else float("inf")
     box = periodic_box(system, cutoff, "GBSAOBCForce") if method == force.CutoffPeriodic else None
-    return GBSAOBC(real_buffer(charge, dtype), radius, scale, prefactor, value(force.getSurfaceAreaEnergy()), cutoff,
+    return GBSAOBC(real_buffer(charge, dtype), radius, scale, prefactor, md_value(force.getSurfaceAreaEnergy()), cutoff,
                    box)

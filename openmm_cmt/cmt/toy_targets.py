@@ -13,7 +13,7 @@ Each exposes an *unnormalised* ``unnormalized_log_prob`` (what training sees, th
   sign of each x_1). Z is a product of 1-D integrals (quadrature to double precision);
   x_1 is sampled exactly by rejection from a Gaussian with an exact envelope constant.
 
-Nothing here is registered as a molecular system.
+They test the trainer where the answer is known; none is a molecular system.
 """
 
 from __future__ import annotations

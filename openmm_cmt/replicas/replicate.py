@@ -7,8 +7,8 @@ that is longer than the molecule and shorter than the gap between copies, so tha
 .. math::
     E_\mathrm{replicated}(x_1, \dots, x_n) = \sum_c E(x_c)
 
-exactly, as long as every copy stays smaller than the cutoff and near its grid point
-(NOTES section 4). One Context then integrates all copies at once: the way to run many
+exactly, as long as every copy stays smaller than the cutoff and near its grid point.
+One Context then integrates all copies at once: the way to run many
 MD chains on one GPU. A Context returns only the total energy, so per-copy energies
 come from an energy engine, not from here.
 """
@@ -20,6 +20,8 @@ import math
 import numpy as np
 import openmm
 from openmm import unit
+
+from openmm_cmt import units
 
 #: 1/(4 pi eps0) in kJ nm / (mol e^2), the constant OpenMM's NonbondedForce uses.
 ONE_4PI_EPS0 = 138.935456
@@ -136,7 +138,7 @@ def replicate_system(
     n = system.getNumParticles()
     offsets = grid_offsets(n_copies, spacing)
     if positions is not None:
-        x = np.asarray(positions.value_in_unit(unit.nanometer) if unit.is_quantity(positions) else positions, float)
+        x = units.nanometers(positions)
         if x.shape != (n, 3):
             raise ValueError(f"positions must have shape ({n}, 3), got {x.shape}")
         centred = x - x.mean(0)

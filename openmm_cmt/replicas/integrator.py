@@ -20,7 +20,7 @@ import math
 import numpy as np
 import openmm
 
-from openmm_cmt.systems.molecular_system import MOLAR_GAS_CONSTANT
+from openmm_cmt import units
 
 #: Name of the per-DOF thermal-energy variable (kJ/mol).
 KT = "kT"
@@ -59,19 +59,11 @@ def per_copy_langevin_integrator(timestep: float = 0.001, collision_rate: float 
     return integrator
 
 
-def copy_kT(temperatures) -> np.ndarray:
-    """Thermal energies kT in kJ/mol of temperatures in K."""
-    t = np.asarray(temperatures, dtype=np.float64)
-    if not np.all(np.isfinite(t)) or np.any(t <= 0):
-        raise ValueError(f"temperatures must be positive and finite (K), got {t}")
-    return MOLAR_GAS_CONSTANT * t
-
-
 def set_copy_temperatures(integrator: openmm.CustomIntegrator, temperatures, n_atoms: int) -> None:
     """Give copy ``c`` (particles ``c*n_atoms ..``) the temperature ``temperatures[c]`` K.
 
     The integrator must be bound to a Context (``kT`` has one entry per particle)."""
-    kT = np.repeat(copy_kT(temperatures), n_atoms)
+    kT = np.repeat(units.kT(np.asarray(temperatures, dtype=np.float64).reshape(-1)), n_atoms)
     integrator.setPerDofVariableByName(KT, [openmm.Vec3(k, k, k) for k in kT])
 
 
@@ -81,7 +73,7 @@ def copy_velocities(masses, temperatures, rng: np.random.Generator) -> np.ndarra
     m = np.asarray(masses, dtype=np.float64)
     if np.any(m <= 0):
         raise ValueError("every particle needs a positive mass (virtual sites are not supported)")
-    kT = copy_kT(temperatures)
+    kT = units.kT(np.asarray(temperatures, dtype=np.float64).reshape(-1))
     sd = np.sqrt(kT[:, None] / m[None, :])
     return sd[:, :, None] * rng.standard_normal((kT.size, m.size, 3))
 
@@ -93,12 +85,11 @@ def kinetic_temperatures(velocities, masses, n_dof_per_copy: int | None = None) 
     m = np.asarray(masses, dtype=np.float64)
     kinetic = 0.5 * (m[None, :, None] * v**2).sum(axis=(1, 2))
     n_dof = 3 * m.size if n_dof_per_copy is None else n_dof_per_copy
-    return 2.0 * kinetic / (n_dof * MOLAR_GAS_CONSTANT)
+    return 2.0 * kinetic / (n_dof * units.MOLAR_GAS_CONSTANT)
 
 
 __all__ = [
     "KT",
-    "copy_kT",
     "copy_velocities",
     "kinetic_temperatures",
     "per_copy_langevin_integrator",

@@ -11,34 +11,9 @@ import numpy as np
 import openmm
 from openmm import unit
 
-from openmm_cmt.reference.replicate import check_geometry, replicate_system
-
-#: Platforms tried, in order, by ``platform="auto"``.
-AUTO_PLATFORMS = ("CUDA", "CPU")
-
-
-def create_context(system, integrator, platform: str = "auto", properties: dict | None = None):
-    """``(context, platform_name)`` on the named platform, or the first of
-    ``AUTO_PLATFORMS`` that can create a Context for ``platform="auto"``."""
-    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
-    if platform != "auto":
-        if platform not in names:
-            raise ValueError(f"OpenMM platform {platform!r} is not available; available: {', '.join(names)}")
-        plat = openmm.Platform.getPlatformByName(platform)
-        return openmm.Context(system, integrator, plat, dict(properties or {})), platform
-    errors = []
-    for name in AUTO_PLATFORMS:
-        if name not in names:
-            continue
-        try:
-            props = dict(properties or {})
-            if name == "CUDA":
-                props.setdefault("Precision", "mixed")
-            context = openmm.Context(system, integrator, openmm.Platform.getPlatformByName(name), props)
-            return context, name
-        except Exception as err:  # a platform whose driver or device is missing
-            errors.append(f"{name}: {err}")
-    raise RuntimeError("no OpenMM platform could create a Context: " + "; ".join(errors))
+from openmm_cmt import units
+from openmm_cmt.energy.platforms import create_context
+from openmm_cmt.replicas.replicate import check_geometry, replicate_system
 
 
 class ReplicatedContext:
@@ -49,10 +24,11 @@ class ReplicatedContext:
         positions: one conformation ``[n_atoms, 3]`` nm that every copy starts from.
         n_copies: number of copies.
         integrator: an OpenMM integrator for the replicated System (e.g.
-            :func:`~openmm_cmt.reference.integrator.per_copy_langevin_integrator`).
-        platform: an OpenMM platform name or ``"auto"`` (CUDA, else CPU).
+            :func:`~openmm_cmt.replicas.integrator.per_copy_langevin_integrator`).
+        platform: an OpenMM platform name or ``"auto"``
+            (:mod:`openmm_cmt.energy.platforms`: CUDA, else CPU, else Reference).
         spacing, cutoff: grid spacing and pairwise cutoff in nm (see
-            :func:`~openmm_cmt.reference.replicate.replicate_system`).
+            :func:`~openmm_cmt.replicas.replicate.replicate_system`).
         properties: platform properties.
 
     Attributes:
@@ -72,7 +48,7 @@ class ReplicatedContext:
         cutoff: float = 1.5,
         properties: dict | None = None,
     ):
-        x0 = np.asarray(positions.value_in_unit(unit.nanometer) if unit.is_quantity(positions) else positions, float)
+        x0 = units.nanometers(positions)
         self.n_atoms = system.getNumParticles()
         self.n_copies = int(n_copies)
         self.spacing = float(spacing)
