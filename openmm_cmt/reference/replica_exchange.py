@@ -111,9 +111,9 @@ class ReferenceSamples:
             return np.concatenate([self.phi, self.psi], axis=1)
         return None
 
-    def save(self, path) -> None:
-        """Write an ``.npz`` atomically (temporary file in the same folder, then rename)."""
-        path = os.fspath(path)
+    def arrays(self) -> dict:
+        """Everything as arrays, the layout of the reference ``.npz`` (``load_reference``);
+        ``settings`` and ``diagnostics`` as JSON text."""
         arrays = {
             "frames": self.frames.astype(np.float32),
             "energies": self.energies,
@@ -128,6 +128,12 @@ class ReferenceSamples:
         }
         if self.phi_psi is not None:
             arrays["phi_psi"] = self.phi_psi
+        return arrays
+
+    def save(self, path) -> None:
+        """Write an ``.npz`` atomically (temporary file in the same folder, then rename)."""
+        path = os.fspath(path)
+        arrays = self.arrays()
         folder = os.path.dirname(os.path.abspath(path))
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=folder)
