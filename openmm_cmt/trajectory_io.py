@@ -38,11 +38,15 @@ def trajectory_format(path: str | os.PathLike) -> str:
     ------
     ValueError
         For any other extension, naming the supported ones.
+    ImportError
+        For ``.h5`` without the ``tables`` package.
     """
     suffix = os.path.splitext(os.fspath(path))[1].lower()
     if suffix not in FORMATS:
-        raise ValueError(f"cannot write {os.fspath(path)!r}: the output file must end in one of "
+        raise ValueError(f"{os.fspath(path)!r}: a trajectory file must end in one of "
                          f"{', '.join(FORMATS)} (got {suffix or 'no extension'!r})")
+    if suffix == ".h5":
+        _require_tables()
     return suffix
 
 
@@ -97,7 +101,6 @@ def write_frames(path, topology, positions: np.ndarray, data: dict | None = None
         return [path]
     trajectory = to_mdtraj(topology, positions)
     if suffix == ".h5":
-        _require_tables()
         with _renamed_into_place(path) as tmp:
             trajectory.save_hdf5(tmp)
             _append_h5_arrays(tmp, data)
@@ -134,7 +137,6 @@ def read_frames(path, topology=None):
         data = _read_npz(path)
         return to_mdtraj(topology, data.pop("positions")), data
     if suffix == ".h5":
-        _require_tables()
         return mdtraj.load_hdf5(path), _read_h5_arrays(path)
     kwargs = {} if suffix == ".pdb" else {"top": _mdtraj_topology(topology)}
     return mdtraj.load(path, **kwargs), _read_npz(sidecar_path(path))
