@@ -9,10 +9,15 @@ that basin's population approaches the reference::
     openmm-cmt mc RUN --n-chains 64 --n-cycles 200 --md-steps 50 --out hybrid.npz
     openmm-cmt mc RUN --n-chains 64 --n-cycles 200 --md-steps 50 --plain-md --out md.npz
     python examples/hybrid_mc_benchmark.py hybrid.npz md.npz
+
+``--quick`` (smoke mode, seconds) trains a tiny generator, runs both short chains itself
+and summarises them.
 """
 
 import argparse
 import json
+import os
+import tempfile
 
 import numpy as np
 
@@ -20,6 +25,8 @@ import openmm_cmt  # noqa: F401
 from openmm_cmt import metrics
 from openmm_cmt.reference import bundled_reference, load_reference
 from openmm_cmt.systems import alanine_dipeptide
+
+from _quick import add_quick_argument, training_config
 
 
 LEFT_HANDED_MAX = 2.5  # rad
@@ -51,16 +58,41 @@ def summarise(path, topology, reference_fraction):
     }
 
 
+def quick_trajectories(folder: str) -> list[str]:
+    """A tiny trained run and two short ``openmm-cmt mc`` trajectories of it, with and
+    without generator proposals."""
+    from openmm_cmt import BoltzmannGeneratorSampler
+    from openmm_cmt.cli import main as cli
+
+    sampler = BoltzmannGeneratorSampler.from_name("alanine-dipeptide", training_config(quick=True))
+    sampler.train(progress=False)
+    run = os.path.join(folder, "run")
+    sampler.save(run)
+    sampler.close()
+    common = ["mc", run, "--n-chains", "2", "--n-cycles", "4", "--md-steps", "5", "--platform", "CPU",
+              "--energy", "torch", "--no-compile"]
+    paths = [os.path.join(folder, "hybrid.npz"), os.path.join(folder, "md.npz")]
+    for path, extra in zip(paths, ([], ["--plain-md"])):
+        if cli([*common, *extra, "--out", path]) != 0:
+            raise RuntimeError(f"openmm-cmt {' '.join(common + extra)} failed")
+    return paths
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("trajectories", nargs="+")
+    p.add_argument("trajectories", nargs="*", help=".npz files from openmm-cmt mc --out")
     p.add_argument("--json", default=None)
+    add_quick_argument(p)
     args = p.parse_args()
-    ref = load_reference(bundled_reference("alanine-dipeptide"))
-    phi_ref = ref["phi_psi"][:, 0]
-    fraction = float(((phi_ref > 0) & (phi_ref < LEFT_HANDED_MAX)).mean())
-    topology = alanine_dipeptide().topology
-    rows = [summarise(t, topology, fraction) for t in args.trajectories]
+    if not args.trajectories and not args.quick:
+        p.error("give the trajectories of openmm-cmt mc (or --quick)")
+    with tempfile.TemporaryDirectory() as folder:
+        trajectories = args.trajectories or quick_trajectories(folder)
+        ref = load_reference(bundled_reference("alanine-dipeptide"))
+        phi_ref = ref["phi_psi"][:, 0]
+        fraction = float(((phi_ref > 0) & (phi_ref < LEFT_HANDED_MAX)).mean())
+        topology = alanine_dipeptide().topology
+        rows = [summarise(t, topology, fraction) for t in trajectories]
     print(f"reference left-handed (0 < phi < {LEFT_HANDED_MAX}) fraction: {fraction:.5f}")
     for r in rows:
         print(json.dumps(r))

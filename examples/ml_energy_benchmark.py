@@ -13,7 +13,8 @@ Potentials:
                        energies; reported as 'ani2x (random weights)')
 
 Usage: python examples/ml_energy_benchmark.py [--n 256] [--json out.json]
-Runs in about a minute on a 2-core CPU machine.
+Runs in about a minute on a 2-core CPU machine; ``--quick`` (8 conformations, 2 per
+sample) in seconds.
 """
 
 from __future__ import annotations
@@ -31,6 +32,8 @@ from openmm_cmt.energy.ml_energy import MLEnergy
 from openmm_cmt.energy.openmm_energy import OpenMMEnergy
 from openmm_cmt.systems import MolecularSystem, alanine_dipeptide
 from openmm_cmt.systems import ml
+
+from _quick import add_quick_argument
 
 
 def conformations(molsys, n: int, seed: int = 0, noise: float = 0.01) -> np.ndarray:
@@ -71,10 +74,14 @@ def ani2x_system(aldp):
 
 def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", type=int, default=256, help="conformations per measurement (default 256)")
-    parser.add_argument("--n-per-sample", type=int, default=32, help="conformations for ANI per-sample paths")
+    parser.add_argument("--n", type=int, default=None, help="conformations per measurement (default 256; 8 with --quick)")
+    parser.add_argument("--n-per-sample", type=int, default=None,
+                        help="conformations for ANI per-sample paths (default 32; 2 with --quick)")
     parser.add_argument("--json", default=None, help="write the rows here")
+    add_quick_argument(parser)
     args = parser.parse_args(argv)
+    args.n = args.n or (8 if args.quick else 256)
+    args.n_per_sample = args.n_per_sample or (2 if args.quick else 32)
     from ase.calculators.emt import EMT
 
     aldp = alanine_dipeptide()
@@ -95,20 +102,19 @@ def main(argv=None) -> list[dict]:
         ani, real = ani2x_system(aldp)
     except ImportError as err:
         print(f"ani2x skipped: {err}")
-        return rows
-    label = "ani2x" if real else "ani2x (random weights)"
-    x = conformations(ani, args.n)
-    with OpenMMEnergy(ani, platform="CPU", n_workers=0) as engine:
-        record(label, "openmm-inprocess", rate(engine, x[: args.n_per_sample]))
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    for device in devices:
-        engine = MLEnergy(ani, device=device)
-        record(label, f"batched-{device}", rate(engine, x))
+    else:
+        label = "ani2x" if real else "ani2x (random weights)"
+        x = conformations(ani, args.n)
+        with OpenMMEnergy(ani, platform="CPU", n_workers=0) as engine:
+            record(label, "openmm-inprocess", rate(engine, x[: args.n_per_sample]))
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+        for device in devices:
+            engine = MLEnergy(ani, device=device)
+            record(label, f"batched-{device}", rate(engine, x))
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)
     return rows
-
 
 if __name__ == "__main__":
     main()

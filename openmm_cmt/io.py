@@ -74,6 +74,28 @@ def atomic_file(path: str | os.PathLike):
         raise
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """A fresh temporary path beside ``path`` with the same extension, for writers that
+    take a file name (mdtraj's); renamed over ``path`` when the block ends without an
+    exception, removed otherwise. The path does not exist on entry."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    os.unlink(tmp)  # mdtraj refuses to overwrite an existing file
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Replace ``path`` by ``data`` atomically (:func:`atomic_file`)."""
     with atomic_file(path) as f:

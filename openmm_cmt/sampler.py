@@ -55,18 +55,44 @@ class Samples:
         log_weights: [n] unnormalised log importance weights -u(x) - log q(x).
         log_q: [n] generator log densities (nats).
         energies: [n] potential energies, kJ/mol (+inf where non-finite).
+        topology: the System's ``openmm.app.Topology`` (atom order of ``positions``).
     """
 
     positions: np.ndarray
     log_weights: np.ndarray
     log_q: np.ndarray
     energies: np.ndarray
+    topology: object = dataclasses.field(default=None, repr=False, compare=False)
 
     def __iter__(self):  # x, log_w = sampler.sample(n)
         return iter((self.positions, self.log_weights))
 
     def __len__(self):
         return len(self.log_weights)
+
+    def arrays(self) -> dict:
+        """The per-sample arrays but the positions: ``log_weights``, ``log_q``, ``energies``."""
+        return {"log_weights": self.log_weights, "log_q": self.log_q, "energies": self.energies}
+
+    def to_mdtraj(self):
+        """The positions as an ``mdtraj.Trajectory`` with the System's topology (nm, same
+        atom order); the weights stay here, ``self.log_weights``, frame for frame."""
+        from openmm_cmt.trajectory_io import to_mdtraj
+
+        return to_mdtraj(self._topology(), self.positions)
+
+    def save(self, path: str | os.PathLike) -> list[str]:
+        """Write the samples by extension (:mod:`openmm_cmt.trajectory_io`): ``.npz``,
+        ``.h5`` (arrays inside), ``.dcd``/``.xtc``/``.pdb`` (arrays in ``FILE.data.npz``).
+        Returns the files written."""
+        from openmm_cmt.trajectory_io import write_frames
+
+        return write_frames(path, self._topology(), self.positions, self.arrays())
+
+    def _topology(self):
+        if self.topology is None:
+            raise ValueError("these Samples carry no topology; build them with topology=system.topology")
+        return self.topology
 
 
 def _resolve_device(device: str) -> torch.device:
@@ -267,7 +293,7 @@ class BoltzmannGeneratorSampler:
         x, log_q, e = torch.cat(xs).numpy(), torch.cat(lqs).numpy(), torch.cat(es).numpy()
         with np.errstate(invalid="ignore"):
             log_w = np.where(np.isfinite(e), -e / self.molsys.kT - log_q, -np.inf)
-        return Samples(x, log_w, log_q, e)
+        return Samples(x, log_w, log_q, e, topology=self.molsys.topology)
 
     @torch.no_grad()
     def log_prob(self, x) -> np.ndarray:

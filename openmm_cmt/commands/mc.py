@@ -4,18 +4,23 @@ Runs ``--n-chains`` independent chains in one replicated OpenMM Context
 (``ManyChainHybridMC``): ``--md-steps`` Langevin steps, then one generator proposal per
 chain, ``--n-cycles`` times. ``--plain-md`` runs the same chains without proposals (the
 baseline at equal MD cost). Writes positions after every cycle, per-cycle acceptances and
-timings to ``--out`` (.npz) and prints the acceptance rate and the throughput.
+timings to ``--out`` and prints the acceptance rate and the throughput.
+
+An ``.npz`` output keeps the arrays' shapes (positions ``[n_cycles, n_chains, N, 3]``);
+``.h5``, ``.dcd``, ``.xtc`` and ``.pdb`` hold one trajectory, chain after chain, with
+per-frame ``chain``, ``cycle`` and ``accepted`` beside the settings
+(:mod:`openmm_cmt.trajectory_io`).
 """
 
 from __future__ import annotations
 
-import io
 import sys
 import time
 
 import numpy as np
 
 from openmm_cmt.commands import add_trust_argument, non_negative_float, non_negative_int, positive_float, positive_int
+from openmm_cmt.trajectory_io import FORMATS, trajectory_format
 
 
 def add_arguments(p) -> None:
@@ -33,7 +38,9 @@ def add_arguments(p) -> None:
     p.add_argument("--no-compile", action="store_true", help="no torch.compile for the torch energy engine")
     p.add_argument("--plain-md", action="store_true", help="no generator proposals (baseline)")
     p.add_argument("--seed", type=non_negative_int, default=0)
-    p.add_argument("--out", default=None, help="output .npz: positions [n_cycles, n_chains, N, 3] nm, accepted, ...")
+    p.add_argument("--out", default=None,
+                   help=f"output file, format by extension ({', '.join(FORMATS)}); .npz: positions "
+                        "[n_cycles, n_chains, N, 3] nm, accepted, settings and timings")
 
 
 def _energy_engine(molsys, kind: str, device: str, compile_: bool):
@@ -47,7 +54,7 @@ def _energy_engine(molsys, kind: str, device: str, compile_: bool):
 def run(args) -> int:
     import torch
 
-    from openmm_cmt.io import CheckpointError, atomic_write_bytes
+    from openmm_cmt.io import CheckpointError
     from openmm_cmt.mcmc.many_chains import ManyChainHybridMC
     from openmm_cmt.sampler import BoltzmannGeneratorSampler
 
@@ -56,6 +63,8 @@ def run(args) -> int:
             raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.md_steps < 0 or (args.plain_md and args.md_steps == 0):
         raise ValueError("--md-steps must be >= 0, and > 0 with --plain-md")
+    if args.out:
+        trajectory_format(args.out)  # an unknown extension fails before any work
     try:
         sampler = BoltzmannGeneratorSampler.load(args.run, device=args.device, trust_run=args.trust_run)
     except CheckpointError as err:
@@ -88,15 +97,29 @@ def run(args) -> int:
         )
     print(summary)
     if args.out:
-        buf = io.BytesIO()
-        np.savez(
-            buf, positions=np.stack(frames), accepted=np.stack(accepted), md_steps=args.md_steps,
-            timestep_ps=args.timestep, temperature_K=sampler.molsys.temperature, wall_seconds=wall,
-            md_seconds=stats["md_seconds"], proposal_seconds=stats["proposal_seconds"],
+        settings = dict(
+            md_steps=args.md_steps, timestep_ps=args.timestep, temperature_K=sampler.molsys.temperature,
+            wall_seconds=wall, md_seconds=stats["md_seconds"], proposal_seconds=stats["proposal_seconds"],
             acceptance_rate=stats["acceptance_rate"], plain_md=args.plain_md,
         )  # fmt: skip
-        atomic_write_bytes(args.out, buf.getvalue())
-        print(f"-> {args.out}")
+        written = _write(args.out, sampler.molsys.topology, np.stack(frames), np.stack(accepted), settings)
+        print(f"-> {' + '.join(written)}")
     energy.close()
     sampler.close()
     return 0
+
+
+def _write(path, topology, positions, accepted, settings) -> list[str]:
+    """positions [cycles, chains, N, 3] and accepted [cycles, chains]: as they are in an
+    .npz, chain after chain in a trajectory format."""
+    from openmm_cmt.trajectory_io import write_frames
+
+    cycles, chains = accepted.shape
+    per_frame = {
+        "chain": np.repeat(np.arange(chains), cycles),
+        "cycle": np.tile(np.arange(cycles), chains),
+        "accepted": accepted.T.reshape(-1),
+    }
+    frames = positions.transpose(1, 0, 2, 3).reshape(chains * cycles, *positions.shape[2:])
+    return write_frames(path, topology, frames, {**per_frame, **settings},
+                        npz={"positions": positions, "accepted": accepted, **settings})

@@ -4,6 +4,10 @@ Runs ``--n-ladders`` independent temperature ladders in one OpenMM Context and w
 the frames at the lowest temperature, their phi/psi and energies, the settings and the
 convergence diagnostics (swap acceptance, round trips, split-half Ramachandran TV).
 On a GPU, e.g. ``--platform CUDA --n-ladders 300 --n-temps 16``.
+
+The ``.npz`` is what ``evaluate --reference`` reads; ``.h5``, ``.dcd``, ``.xtc`` and
+``.pdb`` write the frames for other tools with the rest beside them
+(:mod:`openmm_cmt.trajectory_io`).
 """
 
 from __future__ import annotations
@@ -13,12 +17,15 @@ import time
 
 from openmm_cmt.commands import add_trust_argument, non_negative_float, non_negative_int, positive_float, positive_int
 from openmm_cmt.systems import add_system_arguments, system_from_args
+from openmm_cmt.trajectory_io import FORMATS, trajectory_format
 
 
 def add_arguments(parser) -> None:
     add_system_arguments(parser)
     add_trust_argument(parser)
-    parser.add_argument("--out", required=True, help="output .npz file")
+    parser.add_argument("--out", required=True,
+                        help=f"output file, format by extension ({', '.join(FORMATS)}); "
+                             "evaluate --reference reads the .npz")
     parser.add_argument("--platform", default="auto", help="OpenMM platform for the dynamics: auto (CUDA, else CPU, else Reference), CPU, CUDA, ...")
     parser.add_argument("--n-ladders", type=positive_int, default=2, help="independent temperature ladders (default 2)")
     parser.add_argument(
@@ -54,11 +61,11 @@ def _temperatures(args, t_min: float) -> list[float]:
 
 def run(args) -> int:
     from openmm_cmt.reference import ReplicaExchange
+    from openmm_cmt.trajectory_io import write_frames
 
     molsys = system_from_args(args)
     temperatures = _temperatures(args, molsys.temperature)
-    if not args.out.endswith(".npz"):
-        raise ValueError(f"--out must name an .npz file, got {args.out!r}")
+    trajectory_format(args.out)  # an unknown extension fails before any work
     timestep = args.timestep_fs / 1000.0
     print(
         f"reference: {molsys.name}, {args.n_ladders} ladders x {len(temperatures)} temperatures "
@@ -94,7 +101,9 @@ def run(args) -> int:
     ) as rex:
         print(f"  platform {rex.settings['platform']}, energies from {rex.settings['energy_engine']}", flush=True)
         samples = rex.run(args.time_ps, equilibration_ps=args.equilibration_ps, progress=progress)
-    samples.save(args.out)
+    arrays = samples.arrays()
+    frames = arrays.pop("frames")
+    written = write_frames(args.out, molsys.topology, frames, arrays, npz=samples.arrays())
     print(json.dumps(samples.diagnostics, indent=1))
-    print(f"wrote {samples.frames.shape[0]} frames to {args.out}")
+    print(f"wrote {frames.shape[0]} frames to {' + '.join(written)}")
     return 0

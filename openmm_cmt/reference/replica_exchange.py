@@ -75,9 +75,9 @@ class ReferenceSamples:
             return np.concatenate([self.phi, self.psi], axis=1)
         return None
 
-    def save(self, path) -> None:
-        """Write an ``.npz`` atomically (:func:`openmm_cmt.io.atomic_file`)."""
-        path = os.fspath(path)
+    def arrays(self) -> dict:
+        """Everything as arrays, the layout of the reference ``.npz`` (``load_reference``);
+        ``settings`` and ``diagnostics`` as JSON text."""
         arrays = {
             "frames": self.frames.astype(np.float32),
             "energies": self.energies,
@@ -92,8 +92,12 @@ class ReferenceSamples:
         }
         if self.phi_psi is not None:
             arrays["phi_psi"] = self.phi_psi
-        with atomic_file(path) as fh:
-            np.savez(fh, **arrays)
+        return arrays
+
+    def save(self, path) -> None:
+        """Write an ``.npz`` atomically (:func:`openmm_cmt.io.atomic_file`)."""
+        with atomic_file(os.fspath(path)) as fh:
+            np.savez(fh, **self.arrays())
 
 
 def load_reference(path) -> dict:
