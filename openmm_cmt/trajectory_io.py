@@ -22,7 +22,7 @@ import os
 
 import numpy as np
 
-from openmm_cmt.io import atomic_path
+from openmm_cmt.io import atomic_path, atomic_write_bytes
 
 #: Output formats by extension.
 FORMATS = (".npz", ".h5", ".dcd", ".xtc", ".pdb")
@@ -158,8 +158,6 @@ def _require_tables() -> None:
 
 
 def _write_npz(path: str, arrays: dict) -> None:
-    from openmm_cmt.checkpoint import atomic_write_bytes
-
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     atomic_write_bytes(path, buf.getvalue())

@@ -22,7 +22,7 @@ LAYERS = {
     # ground: plain numbers, files, locks, plugins
     "_version": 0, "units": 0, "io": 0, "run_lock": 0, "_openmmtorch": 0,
     # what a molecule is and how its coordinates and samples are measured
-    "systems": 1, "coordinates": 1, "metrics": 1,
+    "systems": 1, "coordinates": 1, "metrics": 1, "trajectory_io": 1,
     # energies of a System
     "energy": 2,
     # models and many-copy dynamics, built on energies
@@ -68,7 +68,9 @@ def _targets(node, package: list[str]) -> list[str]:
             sub = f"{base}.{alias.name}"
             out.append(sub if sub in MODULES else base)
         return out
-    if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in MODULES:
+    # Module names in strings (lazy ``import_module`` tables); the bare package name is a
+    # common string of its own (file groups, logger names) and no lazy import target.
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value and node.value in MODULES:
         return [node.value]
     return []
 
