@@ -1,4 +1,5 @@
-"""Reference samples by replica exchange: many ladders of copies in one OpenMM Context."""
+"""Reference samples by replica exchange: many ladders of copies in one OpenMM Context,
+or in one torch batch with TorchEnergy forces."""
 
 from openmm_cmt.reference.bundled import bundled_reference
 from openmm_cmt.reference.integrator import (
@@ -12,11 +13,13 @@ from openmm_cmt.reference.replica_exchange import ReferenceSamples, ReplicaExcha
 from openmm_cmt.reference.replicate import grid_offsets, obc_as_custom_gb, replicate_system
 from openmm_cmt.reference.replicated_context import ReplicatedContext
 from openmm_cmt.reference.swaps import geometric_temperatures
+from openmm_cmt.reference.torch_replicas import TorchReplicas
 
 __all__ = [
     "ReferenceSamples",
     "ReplicaExchange",
     "ReplicatedContext",
+    "TorchReplicas",
     "bundled_reference",
     "check_reference",
     "copy_velocities",

@@ -11,6 +11,7 @@ import numpy as np
 import openmm
 from openmm import unit
 
+from openmm_cmt.reference.integrator import set_copy_temperatures
 from openmm_cmt.reference.replicate import check_geometry, replicate_system
 
 #: Platforms tried, in order, by ``platform="auto"``.
@@ -127,6 +128,11 @@ class ReplicatedContext:
 
     def step(self, n_steps: int) -> None:
         self.integrator.step(int(n_steps))
+
+    def set_temperatures(self, temperatures) -> None:
+        """Temperature of each copy, ``[n_copies]`` K, for an integrator of
+        :func:`~openmm_cmt.reference.integrator.per_copy_langevin_integrator`."""
+        set_copy_temperatures(self.integrator, temperatures, self.n_atoms)
 
     def potential_energy(self) -> float:
         """Total potential energy of all copies, kJ/mol."""
