@@ -236,10 +236,12 @@ def energy_plot(path, energies, log_weights=None, reference=None, unit="kJ/mol")
     fig, ax = plt.subplots(figsize=(5, 3.5))
     ax.hist(energies[finite], bins=edges, density=True, histtype="step", label="flow samples")
     if log_weights is not None:
-        w = np.exp(log_weights[finite] - np.max(log_weights[finite]))
-        shown = (energies[finite] >= lo) & (energies[finite] <= hi)
-        if w[shown].sum() > 0:  # the reweighted mass may all lie beyond the plotted range
-            ax.hist(energies[finite], bins=edges, weights=w, density=True, histtype="step", label="reweighted")
+        shown = (energies >= lo) & (energies <= hi) & np.isfinite(log_weights) & finite
+        if shown.any():
+            # Weights of the plotted samples alone, largest 1: the reweighted mass may lie
+            # almost all beyond the range, and tiny weights beside it would cancel to 0/0.
+            w = np.exp(log_weights[shown] - np.max(log_weights[shown]))
+            ax.hist(energies[shown], bins=edges, weights=w, density=True, histtype="step", label="reweighted")
     if reference is not None:
         ax.hist(reference, bins=edges, density=True, histtype="step", label="reference")
     ax.set_xlabel(f"energy / {unit}")

@@ -214,3 +214,94 @@ def test_weights_plot_survives_clashes_and_zero_weights(tmp_path):
     angles = rng.uniform(-np.pi, np.pi, (5000, 2, 2))
     assert report.weights_plot(tmp_path / "w.png", log_w, angles, ["LEU2", "ILE3"])
     assert (tmp_path / "w.png").stat().st_size > 1000
+
+
+def _set_phi(molsys, x, residue, phi):
+    """``x`` with the phi of backbone residue ``residue`` (index into the phi/psi
+    residues) set to ``phi`` by turning the C-side of its N-CA bond, all else unchanged."""
+    quad = metrics.backbone_dihedral_indices(molsys.topology)[residue, 0]
+    n, ca = int(quad[1]), int(quad[2])
+    neighbours = {i: set() for i in range(molsys.n_atoms)}
+    for a, b in molsys.topology.bonds():
+        neighbours[a.index].add(b.index)
+        neighbours[b.index].add(a.index)
+    moving, todo = {ca}, [ca]
+    while todo:  # atoms reached from CA without crossing N-CA
+        for j in neighbours[todo.pop()] - moving - {n}:
+            moving.add(j)
+            todo.append(j)
+    moving = sorted(moving - {ca})
+    angle = phi - metrics.dihedrals(x[None], quad[None])[0, 0]
+    axis = (x[ca] - x[n]) / np.linalg.norm(x[ca] - x[n])
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    rot = np.eye(3) + np.sin(angle) * k + (1 - np.cos(angle)) * k @ k  # Rodrigues
+    y = x.copy()
+    y[moving] = (x[moving] - x[ca]) @ rot.T + x[ca]
+    return y
+
+
+def test_a_residue_that_loses_its_alpha_l_basin_is_flagged(tmp_path):
+    # Reference: 2 % of the frames have ALA3 (the middle residue) in alpha_L; a generator
+    # that never draws those frames is flagged for ALA3 alone, one that draws all is not.
+    molsys = systems.get("alanine-tetrapeptide")
+    rng = np.random.default_rng(1)
+    n = 1000
+    x0 = molsys.positions.astype(np.float64)
+    turned = _set_phi(molsys, x0, 1, np.deg2rad(60.0))
+    left = np.arange(n) < n // 50
+    frames = np.where(left[:, None, None], turned[None], x0[None]) + 0.003 * rng.standard_normal((n, molsys.n_atoms, 3))
+    angles = metrics.phi_psi(frames, molsys.topology, per_residue=True)
+    np.testing.assert_array_equal(angles[:, 1, 0] > 0, left)  # only ALA3's phi moved
+    assert not (angles[:, [0, 2], 0] > 0).any()
+    energies = rng.normal(-100.0, 5.0, n)
+    settings = dict(system=molsys.name, **reference_metadata(molsys.system, molsys.temperature))
+    path = str(_write_reference(tmp_path / "ref.npz", frames, energies, settings))
+    collapsed = evaluate(FrameSampler(molsys, frames, energies, keep=~left), tmp_path / "bad", n_samples=2000,
+                         n_draws=2, reference=path, plots=False)
+    assert collapsed["mode_collapse"] is True
+    assert [(c["residue"], c["basin"], c["n_samples"]) for c in collapsed["mode_collapse_basins"]] == [
+        ("ALA3", "alpha_L/C7ax", 0)]
+    empty = collapsed["residues"][1]["basins"]["alpha_L/C7ax"]
+    assert empty["reference"] == pytest.approx(0.02) and empty["population"] == 0
+    assert empty["upper95"] == pytest.approx(1 - 0.05 ** (1 / 4000))  # ESS 4000: not zero
+    assert any("YES (ALA3 alpha_L/C7ax)" in line for line in summary_lines(collapsed))
+    good = evaluate(FrameSampler(molsys, frames, energies, seed=2), tmp_path / "good", n_samples=2000, n_draws=2,
+                    reference=path, plots=False)
+    assert good["mode_collapse"] is False and good["mode_collapse_basins"] == []
+    found = good["residues"][1]["basins"]["alpha_L/C7ax"]
+    assert found["lower95"] <= 0.02 <= found["upper95"]
+    on_disk = json.loads((tmp_path / "bad" / "metrics.json").read_text())
+    assert [r["residue"] for r in on_disk["residues"]] == ["ALA2", "ALA3", "ALA4"]
+    assert all("ramachandran_tv" in r for r in on_disk["residues"]) and on_disk["mode_collapse"] is True
+
+
+def test_without_a_reference_only_generator_populations_per_residue(tmp_path):
+    molsys = systems.get("alanine-tetrapeptide")
+    rng = np.random.default_rng(3)
+    frames = molsys.positions[None] + 0.01 * rng.standard_normal((300, molsys.n_atoms, 3))
+    m = evaluate(FrameSampler(molsys, frames, rng.normal(-100.0, 5.0, 300)), tmp_path, n_samples=500, n_draws=2,
+                 reference="none", plots=False)
+    assert [r["residue"] for r in m["residues"]] == ["ALA2", "ALA3", "ALA4"]
+    for res in m["residues"]:
+        assert set(res["basins"]) == set(metrics.BASINS) and "ramachandran_tv" not in res
+        assert sum(b["population"] for b in res["basins"].values()) == pytest.approx(1.0)
+        assert all(b["upper95"] > 0 and "reference" not in b for b in res["basins"].values())
+    assert "mode_collapse" not in m and "reference" not in m
+    lines = summary_lines(m)
+    assert [line.split(":")[0].strip() for line in lines[2:]] == ["ALA2", "ALA3", "ALA4"]
+
+
+def test_energy_plot_of_weights_massed_beyond_the_plotted_range(tmp_path):
+    import warnings
+
+    from openmm_cmt import report
+
+    rng = np.random.default_rng(0)
+    energies = rng.normal(0.0, 1.0, 10_000)
+    energies[0] = -1e4  # below the plotted range, with (nearly) all the weight
+    log_w = np.where(np.arange(10_000) == 0, 0.0, -700.0)
+    log_w[1] = -np.inf
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert report.energy_plot(tmp_path / "e.png", energies, log_w)
+    assert (tmp_path / "e.png").stat().st_size > 1000

@@ -3,7 +3,9 @@
 Runs ``--n-ladders`` independent temperature ladders in one OpenMM Context and writes
 the frames at the lowest temperature, their phi/psi and energies, the settings and the
 convergence diagnostics (swap acceptance, round trips, split-half Ramachandran TV).
-On a GPU, e.g. ``--platform CUDA --n-ladders 300 --n-temps 16``.
+On a GPU, e.g. ``--platform CUDA --n-ladders 300 --n-temps 16``. ``--engine torch``
+integrates all copies in one torch batch with float64 TorchEnergy forces instead (no
+constraints or virtual sites), on ``--device``.
 
 The ``.npz`` is what ``evaluate --reference`` reads; ``.h5``, ``.dcd``, ``.xtc`` and
 ``.pdb`` write the frames for other tools with the rest beside them
@@ -27,6 +29,10 @@ def add_arguments(parser) -> None:
                         help=f"output file, format by extension ({', '.join(FORMATS)}); "
                              "evaluate --reference reads the .npz")
     parser.add_argument("--platform", default="auto", help="OpenMM platform for the dynamics: auto (CUDA, else CPU, else Reference), CPU, CUDA, ...")
+    parser.add_argument("--engine", default="openmm", choices=["openmm", "torch"],
+                        help="dynamics in an OpenMM Context (default) or in torch with TorchEnergy forces")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="torch device of --engine torch (auto: CUDA when available)")
     parser.add_argument("--n-ladders", type=positive_int, default=2, help="independent temperature ladders (default 2)")
     parser.add_argument(
         "--temperatures", default=None, help="comma-separated increasing temperatures in K (overrides --t-max/--n-temps)"
@@ -85,6 +91,9 @@ def run(args) -> int:
             flush=True,
         )
 
+    import torch
+
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     with ReplicaExchange(
         molsys,
         temperatures,
@@ -98,6 +107,8 @@ def run(args) -> int:
         spacing=args.spacing,
         cutoff=args.cutoff,
         seed=args.seed,
+        engine=args.engine,
+        device=device,
     ) as rex:
         print(f"  platform {rex.settings['platform']}, energies from {rex.settings['energy_engine']}", flush=True)
         samples = rex.run(args.time_ps, equilibration_ps=args.equilibration_ps, progress=progress)

@@ -1,8 +1,10 @@
-r"""Temperature replica exchange as many independent ladders in one OpenMM Context.
+r"""Temperature replica exchange as many independent ladders in one batch.
 
-``n_ladders x n_temps`` copies of the molecule run Langevin dynamics side by side in a
-:class:`~openmm_cmt.replicas.replicated_context.ReplicatedContext`, each at the
-temperature of its place in its ladder (a per-copy kT of the BAOAB integrator). Every
+``n_ladders x n_temps`` copies of the molecule run Langevin dynamics side by side, each
+at the temperature of its place in its ladder (a per-copy kT of the BAOAB integrator):
+in one OpenMM Context (:class:`~openmm_cmt.replicas.replicated_context.ReplicatedContext`,
+``engine="openmm"``) or in torch with forces from the TorchEnergy engine
+(:class:`~openmm_cmt.reference.torch_replicas.TorchReplicas`, ``engine="torch"``). Every
 ``swap_interval`` the copies' potential energies come from an energy engine and
 neighbouring temperatures of each ladder exchange by the Metropolis rule
 (:mod:`openmm_cmt.reference.swaps`); an accepted swap exchanges the two copies'
@@ -25,9 +27,10 @@ from openmm_cmt.energy.base import EnergyEngine
 from openmm_cmt.io import atomic_file
 from openmm_cmt.reference._ramachandran import backbone_dihedrals, split_tv
 from openmm_cmt.reference.metadata import reference_metadata
-from openmm_cmt.replicas.integrator import copy_velocities, per_copy_langevin_integrator, set_copy_temperatures
+from openmm_cmt.replicas.integrator import copy_velocities, per_copy_langevin_integrator
 from openmm_cmt.replicas.replicated_context import ReplicatedContext
 from openmm_cmt.reference.swaps import RoundTripCounter, attempt_swaps, states_of_replicas
+from openmm_cmt.reference.torch_replicas import TorchReplicas
 
 #: Histogram bins per axis of the split-half Ramachandran TV.
 RAMACHANDRAN_BINS = 100
@@ -142,6 +145,11 @@ class ReplicaExchange:
             :meth:`close`; use the object as a context manager).
         seed: seeds the velocities, the swaps and the integrator's noise.
         platform_properties: passed to the Context.
+        engine: ``"openmm"`` (dynamics in an OpenMM Context on ``platform``) or
+            ``"torch"`` (dynamics in torch on ``device``, forces from the float64
+            TorchEnergy engine, which also gives the swap energies; ``platform``,
+            ``spacing``, ``cutoff`` and ``recentre_interval`` do not apply).
+        device: torch device of ``engine="torch"`` (default CPU).
     """
 
     def __init__(
@@ -160,6 +168,8 @@ class ReplicaExchange:
         energy: EnergyEngine | None = None,
         seed: int = 0,
         platform_properties: dict | None = None,
+        engine: str = "openmm",
+        device: str | None = None,
     ):
         t = np.asarray(temperatures, dtype=np.float64)
         if t.ndim != 1 or t.size < 1 or not np.all(np.isfinite(t)) or np.any(t <= 0):
@@ -176,21 +186,31 @@ class ReplicaExchange:
         self.steps_per_swap = _steps(swap_interval, timestep, "swap_interval")
         self.steps_per_save = _steps(save_interval, timestep, "save_interval")
         self.steps_per_recentre = _steps(recentre_interval, timestep, "recentre_interval")
+        if engine not in ("openmm", "torch"):
+            raise ValueError(f"engine must be 'openmm' or 'torch', got {engine!r}")
         self.rng = np.random.default_rng(seed)
-        integrator = per_copy_langevin_integrator(timestep, collision_rate)
-        integrator.setRandomNumberSeed(int(self.rng.integers(1, 2**31 - 1)))
-        self.replicas = ReplicatedContext(
-            molsys.system,
-            molsys.positions,
-            self.n_ladders * self.n_temps,
-            integrator,
-            platform=platform,
-            spacing=spacing,
-            cutoff=cutoff,
-            properties=platform_properties,
-        )
+        noise_seed = int(self.rng.integers(1, 2**31 - 1))
+        n_copies = self.n_ladders * self.n_temps
+        if engine == "torch":
+            self.replicas = TorchReplicas(molsys, n_copies, timestep, collision_rate, device=device, seed=noise_seed,
+                                          energy=energy)
+        else:
+            integrator = per_copy_langevin_integrator(timestep, collision_rate)
+            integrator.setRandomNumberSeed(noise_seed)
+            self.replicas = ReplicatedContext(
+                molsys.system,
+                molsys.positions,
+                n_copies,
+                integrator,
+                platform=platform,
+                spacing=spacing,
+                cutoff=cutoff,
+                properties=platform_properties,
+            )
         self._owns_energy = energy is None
-        self.energy = energy if energy is not None else default_energy(molsys, self.replicas.platform_name)
+        if energy is None:
+            energy = self.replicas.energy if engine == "torch" else default_energy(molsys, self.replicas.platform_name)
+        self.energy = energy
         # replica r of ladder l is copy l * n_temps + r; it starts at temperature index r
         self.replica_at = np.tile(np.arange(self.n_temps), (self.n_ladders, 1))
         self._apply_temperatures(None)
@@ -205,6 +225,7 @@ class ReplicaExchange:
             "recentre_interval_ps": self.steps_per_recentre * self.timestep,
             "spacing_nm": float(spacing),
             "cutoff_nm": float(cutoff),
+            "engine": engine,
             "platform": self.replicas.platform_name,
             "energy_engine": type(self.energy).__name__,
             "seed": seed,
@@ -229,7 +250,7 @@ class ReplicaExchange:
 
     def _apply_temperatures(self, old: np.ndarray | None) -> None:
         new = self.copy_temperatures()
-        set_copy_temperatures(self.replicas.integrator, new, self.replicas.n_atoms)
+        self.replicas.set_temperatures(new)
         if old is None:
             self.replicas.set_velocities(copy_velocities(self.replicas.masses, new, self.rng))
         elif np.any(new != old):

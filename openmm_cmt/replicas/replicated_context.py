@@ -14,6 +14,7 @@ from openmm import unit
 from openmm_cmt import units
 from openmm_cmt.energy.platforms import create_context
 from openmm_cmt.replicas.replicate import check_geometry, replicate_system
+from openmm_cmt.replicas.integrator import set_copy_temperatures
 
 
 class ReplicatedContext:
@@ -103,6 +104,11 @@ class ReplicatedContext:
 
     def step(self, n_steps: int) -> None:
         self.integrator.step(int(n_steps))
+
+    def set_temperatures(self, temperatures) -> None:
+        """Temperature of each copy, ``[n_copies]`` K, for an integrator of
+        :func:`~openmm_cmt.replicas.integrator.per_copy_langevin_integrator`."""
+        set_copy_temperatures(self.integrator, temperatures, self.n_atoms)
 
     def potential_energy(self) -> float:
         """Total potential energy of all copies, kJ/mol."""
