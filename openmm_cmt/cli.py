@@ -60,10 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help, or a usage error argparse has printed in one line
         return int(exit_.code or 0)
+    args._argv = argv  # for commands that start themselves again (train --nproc)
     from openmm_cmt.checkpoint import CheckpointError
     from openmm_cmt.run_lock import RunLockedError
 

@@ -114,6 +114,14 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
+def any_process(flag: bool) -> bool:
+    """Whether ``flag`` is true in any process (collective; ``flag`` without a process
+    group), so that all processes stop at the same annealing step."""
+    if not active():
+        return bool(flag)
+    return bool(all_reduce_sum(torch.tensor([int(bool(flag))])).item())
+
+
 def shard(n: int, rank_: int, size: int) -> range:
     """Rows of rank ``rank_`` among ``size`` processes in a global batch of ``n`` rows:
     contiguous, in rank order, shares differing by at most one."""
