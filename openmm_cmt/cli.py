@@ -25,6 +25,7 @@ BENCHES = {
     "energy": ("openmm_cmt.bench.energy", "energy engines side by side"),
     "flow": ("openmm_cmt.bench.flow", "flow size, sampling, log_prob and training speed"),
     "toy": ("openmm_cmt.bench.toy", "every annealing path on the 40-mode Gaussian mixture"),
+    "parallel": ("openmm_cmt.bench.parallel", "annealing-step phases of data-parallel training, 1 vs N processes"),
 }
 
 
