@@ -262,7 +262,6 @@ class DistributedCMTTrainer(CMTTrainer):
         ``distributed``: world_size and, per rank, its buffer shard, random states and
         sampling stream. Collective; complete on rank 0 only (``shards`` is None elsewhere)."""
         state = super().state_dict()
-        state["config"]["seed"] = self.config.seed
         own = {"buffer": _to_cpu(state.pop("buffer")), "rng": state.pop("rng"),
                "stream": self._stream.get_state()}
         shards = [None] * self.world_size if self.rank == 0 else None

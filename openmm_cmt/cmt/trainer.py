@@ -35,6 +35,10 @@ go through :class:`openmm_cmt.cmt.compiled.FlowCalls`: ``torch.compile`` with fi
 shapes, each kind checked against the eager flow on its first call, eager fallback
 with one warning (``CMTConfig.compile``). Every record carries the seconds spent per
 phase, ``phase_s``.
+
+Data parallelism (:mod:`openmm_cmt.cmt.distributed`) overrides the small hooks at the end
+of the class (``_shard``, ``_sampling``, ``_gather_fresh``, ``_own_rows``,
+``_minibatch_weights``, ``_reduce_grads``); in one process they are identities.
 """
 
 from __future__ import annotations
