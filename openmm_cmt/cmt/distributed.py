@@ -14,7 +14,9 @@ it computes the one-process step of the same total sample count:
   :math:`q_{i+1}` bit for bit, and the energy cut of ``drop_top_energy_fraction`` is
   taken over the global sample set;
 * the replay buffer is sharded: each process keeps its own samples (capacity: its share
-  of ``buffer_size``); the buffer weights need no normalisation, as below;
+  of ``buffer_size``); the buffer weights need no normalisation, as below. Each shard is
+  first-in first-out on its own, so when an energy cut keeps more rows in one process
+  than another, the shards together may hold a few other old rows than one buffer would;
 * the forward-KL minibatch is the union of one minibatch per process (its share of
   ``batch_size`` from its shard); the weights are self-normalised with the global sum
   (one all-gathered log-sum-exp per gradient step), so each process's loss is its part
@@ -29,9 +31,10 @@ it computes the one-process step of the same total sample count:
   weights are already normalised over all processes. Every process then applies the same
   clipped gradient with the same optimiser state, so the flows stay identical.
 
-With these rules the annealing path of N processes equals that of one process drawing
-the same samples (the tests check this to float rounding), and one process of this
-trainer draws exactly what ``CMTTrainer`` draws.
+With these rules the annealing path of N processes is that of one process drawing the
+same samples; only the order of the sums differs (the tests replay two processes' order
+in one process and get the same path bit for bit). One process of this trainer draws
+exactly what ``CMTTrainer`` draws.
 
 Process group: ``gloo`` for CPU, ``NCCL`` for CUDA (``init_process_group``). Checkpoints
 gather each process's buffer shard and random states to rank 0, which writes them; a
