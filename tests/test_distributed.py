@@ -209,3 +209,25 @@ def test_bench_parallel_summarises_phases_apart_from_the_first_step():
     assert summary["first"] == {**{p: float(k) for k, p in enumerate(PHASES)}, "step": 3.0}
     assert summary["later_mean"] == {**{p: 1.5 + k for k, p in enumerate(PHASES)}, "step": 7.5}
     assert phase_summary(history[:1])["later_mean"] is None
+
+
+def test_one_process_group_draws_what_the_plain_trainer_draws(tmp_path):
+    import torch.distributed as dist
+
+    from openmm_cmt.cmt.distributed import DistributedCMTTrainer
+    from openmm_cmt.systems.toy import gmm40
+
+    config = dist_worker.toy_config("cmt", 0.0, 2)
+    plain = CMTTrainer(dist_worker.toy_flow(), gmm40().target(), config)
+    plain.run()
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        one = DistributedCMTTrainer(dist_worker.toy_flow(), gmm40().target(), config)
+        one.run()
+    finally:
+        dist.destroy_process_group()
+    # the same samples, so the same first dual; later the weights are normalised as
+    # exp(log w - logsumexp) instead of softmax: rounding apart
+    assert one.history[0]["lam"] == plain.history[0]["lam"] and one.history[0]["eta"] == plain.history[0]["eta"]
+    assert one.history[1]["lam"] == pytest.approx(plain.history[1]["lam"], rel=1e-6)
+    assert one.history[1]["evaluations"] == plain.history[1]["evaluations"]
