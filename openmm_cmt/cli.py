@@ -25,6 +25,7 @@ BENCHES = {
     "energy": ("openmm_cmt.bench.energy", "energy engines side by side"),
     "flow": ("openmm_cmt.bench.flow", "flow size, sampling, log_prob and training speed"),
     "toy": ("openmm_cmt.bench.toy", "every annealing path on the 40-mode Gaussian mixture"),
+    "parallel": ("openmm_cmt.bench.parallel", "annealing-step phases of data-parallel training, 1 vs N processes"),
 }
 
 
@@ -60,10 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help, or a usage error argparse has printed in one line
         return int(exit_.code or 0)
+    args._argv = argv  # for commands that start themselves again (train --nproc)
     from openmm_cmt.io import CheckpointError
     from openmm_cmt.run_lock import RunLockedError
 

@@ -16,6 +16,7 @@ pickled code (:mod:`openmm_cmt.io`, :mod:`openmm_cmt.checkpoint`); one process a
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -127,6 +128,7 @@ class BoltzmannGeneratorSampler:
         self._energy = None
         self._eval_energy = None
         self.last_saved: tuple[str, int] | None = None  # (snapshot folder, annealing steps in it)
+        self.unsaved_state: dict | None = None
 
     # -- construction -------------------------------------------------------------------
     @classmethod
@@ -184,10 +186,11 @@ class BoltzmannGeneratorSampler:
 
     # -- training -----------------------------------------------------------------------
     def _make_trainer(self):
-        from openmm_cmt.cmt.trainer import CMTTrainer
+        from openmm_cmt.cmt.distributed import trainer_class
 
         if self.trainer is None:
-            self.trainer = CMTTrainer(self.generator, self._target(), self.config.cmt_config())
+            # Inside a torchrun job every process trains its share (openmm_cmt.cmt.distributed).
+            self.trainer = trainer_class()(self.generator, self._target(), self.config.cmt_config())
         return self.trainer
 
     @property
@@ -219,6 +222,8 @@ class BoltzmannGeneratorSampler:
                 writes it). A failed save is retried once; if that fails too, training goes
                 on with its state in memory, and a failed final save raises RunSaveError
                 naming the last good checkpoint (``sampler.save`` elsewhere still works).
+                In a data-parallel job every process calls ``train`` alike; rank 0 alone
+                holds the lock, writes and prints.
 
         Returns the history: one record per annealing step.
         """
@@ -227,14 +232,16 @@ class BoltzmannGeneratorSampler:
             if new.generator != self.config.generator:
                 raise ValueError("config changes the generator architecture; build a new sampler for it")
             self.config = new
+        from openmm_cmt.cmt.distributed import any_process, is_main
+
         trainer = self._make_trainer()
         total = trainer.config.n_steps if n_steps is None else n_steps
-        reporter = _Progress(total, trainer.step_index, enabled=progress)
+        reporter = _Progress(total, trainer.step_index, enabled=progress and is_main())
         callbacks = list(callbacks)
         every = self.config.checkpoint_every
 
         def after_step(_trainer, record):
-            stop = any(bool(cb(self, record)) for cb in callbacks)
+            stop = any_process(any(bool(cb(self, record)) for cb in callbacks))
             if checkpoint_dir is not None and every and _trainer.step_index % every == 0:
                 start = time.perf_counter()
                 self._checkpoint(checkpoint_dir, final=False)
@@ -246,7 +253,7 @@ class BoltzmannGeneratorSampler:
             trainer.run(total, callback=after_step)
             reporter.close()
             return trainer.history
-        with hold_run_lock(checkpoint_dir):  # one writer for the whole run
+        with hold_run_lock(checkpoint_dir) if is_main() else contextlib.nullcontext():  # one writer for the run
             trainer.run(total, callback=after_step)
             reporter.close()
             self._checkpoint(checkpoint_dir, final=True)
@@ -255,9 +262,14 @@ class BoltzmannGeneratorSampler:
     def _checkpoint(self, folder, final: bool) -> None:
         """Save, retrying once after an OSError. A second failure mid-run is reported and
         training goes on (the state stays in memory); at the end it raises RunSaveError."""
+        from openmm_cmt.cmt.distributed import is_main
+
+        state = self._state()  # collective in a data-parallel job, so taken once
+        if not is_main():
+            return
         for attempt in (0, 1):
             try:
-                self.save(folder)
+                self._publish(folder, state)
                 return
             except OSError as err:
                 error = err
@@ -271,6 +283,7 @@ class BoltzmannGeneratorSampler:
             where = f"{self.last_saved[0]} (after annealing step {self.last_saved[1]})"
         message = f"could not save {folder} ({error}); the last good checkpoint: {where}"
         if final:
+            self.unsaved_state = state  # for a save elsewhere without another collective
             raise RunSaveError(message + "; the trained state is still in memory") from error
         print(f"\nwarning: {message}; training continues with its state in memory", file=sys.stderr, flush=True)
 
@@ -318,7 +331,21 @@ class BoltzmannGeneratorSampler:
     def save(self, folder: str | os.PathLike) -> str:
         """Write the run folder as one snapshot (see :mod:`openmm_cmt.io`);
         returns the snapshot's path. Raises RunLockedError when another process writes
-        ``folder``."""
+        ``folder``. In a data-parallel job every process calls it (the trainer's state is
+        gathered); rank 0 writes, the others return None."""
+        from openmm_cmt.cmt.distributed import is_main
+
+        state = self._state()
+        return self._publish(folder, state) if is_main() else None
+
+    def _state(self) -> dict:
+        """The generator and trainer state that ``checkpoint.pt`` holds."""
+        return {
+            "generator": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()},
+            "trainer": None if self.trainer is None else self.trainer.state_dict(),
+        }
+
+    def _publish(self, folder, state: dict) -> str:
         folder = os.fspath(folder)
         files = system_files(self.molsys)
         files[CONFIG] = json_text(self.config.to_dict()).encode()
@@ -326,8 +353,7 @@ class BoltzmannGeneratorSampler:
             "format_version": FORMAT_VERSION,
             "system_fingerprint": xml_fingerprint(files["system.xml"]),
             "config": self.config.to_json(),
-            "generator": {k: v.detach().cpu() for k, v in self.generator.state_dict().items()},
-            "trainer": None if self.trainer is None else self.trainer.state_dict(),
+            **state,
         }
         files[CHECKPOINT] = torch_bytes(state)
         snapshot = publish_run(folder, files)
@@ -376,6 +402,9 @@ class BoltzmannGeneratorSampler:
         except RuntimeError as err:
             raise CheckpointError(f"generator weights in {folder} do not fit its config: {err}") from err
         if state["trainer"] is not None:
+            from openmm_cmt.cmt.distributed import check_world_size, world_size
+
+            check_world_size(state["trainer"], world_size())
             sampler._make_trainer().load_state_dict(state["trainer"])
         sampler.last_saved = (snapshot, len(sampler.history))
         return sampler

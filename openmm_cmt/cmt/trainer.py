@@ -35,6 +35,10 @@ go through :class:`openmm_cmt.cmt.compiled.FlowCalls`: ``torch.compile`` with fi
 shapes, each kind checked against the eager flow on its first call, eager fallback
 with one warning (``CMTConfig.compile``). Every record carries the seconds spent per
 phase, ``phase_s``.
+
+Data parallelism (:mod:`openmm_cmt.cmt.distributed`) overrides the small hooks at the end
+of the class (``_shard``, ``_sampling``, ``_gather_fresh``, ``_own_rows``,
+``_minibatch_weights``, ``_reduce_grads``); in one process they are identities.
 """
 
 from __future__ import annotations
@@ -199,8 +203,8 @@ class CMTTrainer:
             if config.lr_schedule == "cosine"
             else None
         )
-        self.buffer = ReplayBuffer(config.buffer_size)
-        self.calls = FlowCalls(flow, self._compile_enabled(), config.batch_size)
+        self.buffer = ReplayBuffer(len(self._shard(config.buffer_size)))
+        self.calls = FlowCalls(flow, self._compile_enabled(), len(self._shard(config.batch_size)))
         self._phase = dict.fromkeys(PHASES, 0.0)
         self.step_index = 0
         self.grad_step_index = 0
@@ -272,24 +276,26 @@ class CMTTrainer:
 
     def _annealing_step(self) -> tuple[DualSolution, list[float]]:
         c = self.config
-        with self._timing("sample"):
-            x, log_q_gen = self.calls.sample(c.samples_per_step)
+        with self._timing("sample"), self._sampling():
+            x, log_q_gen = self.calls.sample(len(self._shard(c.samples_per_step)))
         with torch.no_grad():
             log_p = self._log_p(x)
         log_q_gen = log_q_gen.detach().to(torch.float64)
         if not torch.isfinite(log_q_gen).all():
             raise ValueError("the flow returned non-finite log densities for its own samples")
         with self._timing("dual"):
+            all_q, all_p = self._gather_fresh(log_q_gen, log_p)
             # How far the current flow is from the target itself, on samples already paid for.
-            self._reverse_ess = reverse_ess(log_p - log_q_gen)
+            self._reverse_ess = reverse_ess(all_p - all_q)
             solution = path_step(
-                c.path, log_q_gen, log_p, self.step_index, eps_tr=c.eps_tr, eps_ent=c.eps_ent,
+                c.path, all_q, all_p, self.step_index, eps_tr=c.eps_tr, eps_ent=c.eps_ent,
                 n_geometric=c.n_geometric or c.n_steps, t_high_factor=c.t_high_factor,
                 n_temperatures=c.n_temperatures, init=self._init,
             )
         with self._timing("buffer"):
-            n_drop = int(math.floor(c.drop_top_energy_fraction * x.shape[0]))
-            keep = torch.argsort(log_p, descending=True, stable=True)[: x.shape[0] - n_drop].sort().values
+            n_drop = int(math.floor(c.drop_top_energy_fraction * all_p.shape[0]))
+            keep = torch.argsort(all_p, descending=True, stable=True)[: all_p.shape[0] - n_drop].sort().values
+            keep = self._own_rows(keep, c.samples_per_step)
             self.buffer.push(x[keep], log_q_gen[keep], log_p[keep])
             log_w = self.buffer_log_weights(solution)
         with self._timing("fit"):
@@ -328,14 +334,15 @@ class CMTTrainer:
         c = self.config
         losses = []
         n = buf_x.shape[0]
+        batch_size = len(self._shard(c.batch_size))
         order = torch.randperm(n, generator=self.generator)
         cursor = 0
         for _ in range(c.grad_steps_per_step):
-            if cursor + min(c.batch_size, n) > n:
+            if cursor + min(batch_size, n) > n:
                 order, cursor = torch.randperm(n, generator=self.generator), 0
-            idx = order[cursor : cursor + c.batch_size]
+            idx = order[cursor : cursor + batch_size]
             cursor += idx.numel()
-            weights = torch.softmax(log_w[idx], 0)
+            weights = self._minibatch_weights(log_w[idx])
             loss, grads = self.calls.loss_and_grads(buf_x[idx], weights)
             losses.append(self._apply(loss, grads))
         return losses
@@ -351,17 +358,17 @@ class CMTTrainer:
         c = self.config
         losses, solution = [], None
         for batch in c.reverse_kl_batches():
-            with self._timing("sample"):
-                x, log_q = self.flow.sample(batch)
+            with self._timing("sample"), self._sampling():
+                x, log_q = self.flow.sample(len(self._shard(batch)))
             log_p = self._log_p(x)
             log_q = log_q.to(torch.float64)
             if solution is None:
                 # Diagnostics of the model at the start of the step, on samples already paid for.
                 with self._timing("dual"):
-                    solution = annealing_step(log_q.detach(), log_p.detach(), 0.0, 1.0)
+                    solution = annealing_step(*self._gather_fresh(log_q.detach(), log_p.detach()), 0.0, 1.0)
                     self._reverse_ess = solution.ess
             with self._timing("fit"):
-                losses.append(self._optimise((log_q - log_p).mean()))
+                losses.append(self._optimise((log_q - log_p).sum() / batch))
         return solution, losses
 
     def _optimise(self, loss: torch.Tensor) -> float:
@@ -375,6 +382,7 @@ class CMTTrainer:
 
     def _apply(self, loss: torch.Tensor, grads) -> float:
         """One optimiser step with the gradient ``grads`` (one per trainable parameter)."""
+        loss, grads = self._reduce_grads(loss, grads)
         self._check_finite(loss)
         for p, g in zip(self.calls.params, grads):
             p.grad = g
@@ -389,6 +397,31 @@ class CMTTrainer:
         if self.scheduler is not None and self.grad_step_index <= self.total_grad_steps:
             self.scheduler.step()
         return float(loss)
+
+    # -- data parallelism: identities here, collectives in openmm_cmt.cmt.distributed -----
+    def _shard(self, n: int) -> range:
+        """The rows of a global batch of ``n`` samples that this process handles."""
+        return range(n)
+
+    def _sampling(self):
+        """Context in which this process draws its fresh samples."""
+        return contextlib.nullcontext()
+
+    def _gather_fresh(self, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per-sample vectors of this process's fresh samples -> the same over all samples."""
+        return values
+
+    def _own_rows(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        """Indices into a global batch of ``n`` -> those of this process, as local indices."""
+        return rows
+
+    def _minibatch_weights(self, log_w: torch.Tensor) -> torch.Tensor:
+        """Self-normalised weights of a minibatch from its log-weights."""
+        return torch.softmax(log_w, 0)
+
+    def _reduce_grads(self, loss: torch.Tensor, grads):
+        """The loss and gradient of the whole minibatch from this process's part of them."""
+        return loss, grads
 
     def run(self, n_steps: int | None = None, callback: Callable | None = None) -> list[dict]:
         """Annealing steps until ``n_steps`` (default ``config.n_steps``) have been taken in

@@ -3,6 +3,12 @@
 The run folder ``--out`` is created, test-written and locked before anything is built:
 one process trains into it at a time, and an unwritable folder fails at once, not at
 the first checkpoint.
+
+Data parallel: ``--nproc N`` starts N training processes on this machine through
+``torchrun`` (``python -m torch.distributed.run --standalone``); ``torchrun ... -m
+openmm_cmt train ...`` does the same across machines. Each process trains its share
+(:mod:`openmm_cmt.cmt.distributed`); rank 0 alone locks and writes the run folder, prints
+and evaluates.
 """
 
 from __future__ import annotations
@@ -38,13 +44,75 @@ def add_arguments(p) -> None:
     p.add_argument("--max-minutes", type=positive_float, default=None, help="stop training after this wall time")
     p.add_argument("--no-evaluate", action="store_true", help="skip the final evaluation (run openmm-cmt evaluate)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
+    p.add_argument("--nproc", type=positive_int, default=None,
+                   help="train data-parallel in N processes on this machine (launches torchrun; one GPU each on CUDA)")
+    p.add_argument("--dist-timeout", type=positive_float, default=600.0, metavar="SECONDS",
+                   help="how long a data-parallel process waits for a missing one before the job fails")
 
 
 def run(args) -> int:
+    from openmm_cmt.cmt import distributed
+
+    if distributed.launched():
+        if args.nproc is not None:
+            raise ValueError("--nproc launches torchrun; inside a torchrun job leave it out")
+        # One device type (and backend) for the whole job; a resumed run moves to it.
+        args.device = "cuda" if args.device == "cuda" or (args.device == "auto" and torch_cuda()) else "cpu"
+        distributed.init_process_group(args.device, args.dist_timeout)
+        try:
+            return _run(args) if distributed.is_main() else _train(args, _out(args))
+        finally:
+            distributed.shutdown()
+    if args.nproc is not None and args.nproc > 1:
+        return _launch(args)
+    return _run(args)
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _out(args) -> str:
+    name = os.path.splitext(os.path.basename(args.system.rstrip("/")))[0]
+    return args.out or os.path.join("runs", f"{name}-{args.preset or 'laptop'}")
+
+
+def _launch(args) -> int:
+    """Run this command in ``args.nproc`` processes under torchrun; its exit status."""
+    import signal
+    import subprocess
+    import sys
+
+    argv, skip = [], False
+    for item in args._argv[1:]:  # the command line after "train", less --nproc
+        if skip or item.startswith("--nproc="):
+            skip = False
+            continue
+        skip = item == "--nproc"
+        if not skip:
+            argv.append(item)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={args.nproc}",
+           "-m", "openmm_cmt", "train", *argv]
+    proc = subprocess.Popen(cmd)
+    try:
+        code = proc.wait()
+    except BaseException:
+        proc.send_signal(signal.SIGTERM)  # torchrun then stops its workers
+        proc.wait()
+        raise
+    if code != 0:
+        print(f"openmm-cmt train: error: a training process failed (torchrun exit status {code}; its message is "
+              f"above); {_out(args)} keeps its last complete checkpoint, if any (continue it with --resume "
+              f"--nproc {args.nproc})", file=sys.stderr)
+    return code
+
+
+def _run(args) -> int:
     from openmm_cmt.run_lock import LOCK_FILE, hold_run_lock
 
-    name = os.path.splitext(os.path.basename(args.system.rstrip("/")))[0]
-    out = args.out or os.path.join("runs", f"{name}-{args.preset or 'laptop'}")
+    out = _out(args)
     existed = os.path.isdir(out)
     with hold_run_lock(out):  # creates --out; the lock file is the test write
         try:
@@ -75,6 +143,9 @@ def _train(args, out: str) -> int:
     from openmm_cmt.sampler import CHECKPOINT, BoltzmannGeneratorSampler, RunSaveError
 
     from openmm_cmt.io import CURRENT
+    from openmm_cmt.cmt.distributed import is_main
+
+    say = print if is_main() else (lambda *_args, **_kwargs: None)  # rank 0 speaks for a data-parallel job
 
     has_checkpoint = any(os.path.exists(os.path.join(out, name)) for name in (CHECKPOINT, CURRENT))
     if args.resume:
@@ -91,12 +162,12 @@ def _train(args, out: str) -> int:
             raise ValueError(f"{out} holds a run of {sampler.molsys.name!r}, not of {args.system!r}")
         steps = sampler.config.cmt_config().n_steps if args.steps is None else args.steps
         if steps <= len(sampler.history):
-            print(f"{out} has done its {len(sampler.history)} annealing steps; nothing to train (--steps N trains on)")
+            say(f"{out} has done its {len(sampler.history)} annealing steps; nothing to train (--steps N trains on)")
         applied = [f"--steps {args.steps}"] if args.steps is not None else []
         if args.eval_samples is not None:
             sampler.config.eval_samples = args.eval_samples
             applied.append(f"--eval-samples {args.eval_samples}")
-        print(f"resuming {out} at annealing step {len(sampler.history)} of {steps}"
+        say(f"resuming {out} at annealing step {len(sampler.history)} of {steps}"
               + (f" (applying {', '.join(applied)})" if applied else ""))
     else:
         if has_checkpoint:
@@ -120,7 +191,7 @@ def _train(args, out: str) -> int:
         config = preset(args.preset or "laptop", cmt=cmt, generator=gen, **overrides)
         sampler = BoltzmannGeneratorSampler(system_from_args(args), config)
     n_params = sum(p.numel() for p in sampler.generator.parameters())
-    print(f"{sampler.molsys.name}: {sampler.molsys.n_atoms} atoms, d={sampler.molsys.dim}, "
+    say(f"{sampler.molsys.name}: {sampler.molsys.n_atoms} atoms, d={sampler.molsys.dim}, "
           f"{n_params / 1e6:.2f}M flow parameters, device {sampler.device}, preset {sampler.config.preset}")
     callbacks = []
     if args.max_minutes is not None:
@@ -132,13 +203,13 @@ def _train(args, out: str) -> int:
         sampler.train(n_steps=args.steps, checkpoint_dir=out, progress=not args.quiet, callbacks=callbacks)
     except RunSaveError as err:
         raise CheckpointError(f"{err}{_rescue(sampler)}") from err
-    print(f"training: {sampler.n_evaluations:.3g} target evaluations, {sampler.trainer.wall_s:.0f} s")
+    say(f"training: {sampler.n_evaluations:.3g} target evaluations, {sampler.trainer.wall_s:.0f} s")
     if args.no_evaluate:
-        print(f"run saved in {out}; evaluate with: openmm-cmt evaluate {out}")
-    else:
+        say(f"run saved in {out}; evaluate with: openmm-cmt evaluate {out}")
+    elif is_main():
         m = evaluate(sampler, out, n_samples=sampler.config.eval_samples, reference=args.reference)
         _print_metrics(m)
-        print(f"report: {os.path.join(out, 'report.html')}")
+        say(f"report: {os.path.join(out, 'report.html')}")
     sampler.close()
     return 0
 
@@ -157,7 +228,10 @@ def _rescue(sampler) -> str:
 
     try:
         folder = tempfile.mkdtemp(prefix="openmm-cmt-rescue-")
-        sampler.save(folder)
+        if sampler.unsaved_state is not None:
+            sampler._publish(folder, sampler.unsaved_state)
+        else:
+            sampler.save(folder)
     except OSError as err:
         return f"; saving it to a temporary folder failed too ({err})"
     return f"; it was saved to {folder} instead (resume with --out {folder} --resume)"
