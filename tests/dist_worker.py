@@ -39,7 +39,7 @@ def summary(trainer) -> dict:
 
 
 def toy(out: str, path: str, drop: float, steps: int) -> None:
-    from openmm_cmt.systems.toy import gmm40
+    from openmm_cmt.cmt.toy_targets import gmm40
 
     distributed.init_process_group("cpu", timeout_s=60)
     trainer = DistributedCMTTrainer(toy_flow(), gmm40().target(), toy_config(path, drop, steps))

@@ -91,7 +91,7 @@ def test_shard_splits_rows_in_rank_order():
 def test_two_processes_follow_the_one_process_path(tmp_path, path, drop, steps):
     """Per-process FIFO shards hold the one-process buffer when each step fills them
     alike; with an energy cut the kept counts differ by process, so one step checks it."""
-    from openmm_cmt.systems.toy import gmm40
+    from openmm_cmt.cmt.toy_targets import gmm40
 
     done = torchrun(2, "toy", str(tmp_path), path, str(drop), str(steps))
     assert done.returncode == 0, done.stderr[-3000:]
@@ -137,7 +137,8 @@ def openmm_cmt(*args, timeout=300):
 
 
 def stored_trainer_state(run) -> dict:
-    from openmm_cmt.checkpoint import run_snapshot, safe_torch_load
+    from openmm_cmt.checkpoint import safe_torch_load
+    from openmm_cmt.io import run_snapshot
 
     return safe_torch_load(os.path.join(run_snapshot(run), "checkpoint.pt"))["trainer"]
 
@@ -215,7 +216,7 @@ def test_one_process_group_draws_what_the_plain_trainer_draws(tmp_path):
     import torch.distributed as dist
 
     from openmm_cmt.cmt.distributed import DistributedCMTTrainer
-    from openmm_cmt.systems.toy import gmm40
+    from openmm_cmt.cmt.toy_targets import gmm40
 
     config = dist_worker.toy_config("cmt", 0.0, 2)
     plain = CMTTrainer(dist_worker.toy_flow(), gmm40().target(), config)

@@ -34,7 +34,7 @@ LAYERS = {
     # runs: checkpoints, the facade class, evaluation and its report
     "checkpoint": 6, "report": 6, "sampler": 6, "evaluation": 6,
     # entry points
-    "commands": 7, "bench": 7, "cli": 7, "": 7,
+    "commands": 7, "bench": 7, "cli": 7, "__main__": 7, "": 7,
 }  # fmt: skip
 
 

@@ -47,7 +47,8 @@ def phase_summary(history: list[dict]) -> dict:
 
 def run(args) -> int:
     from openmm_cmt.bench.energy import machine_description
-    from openmm_cmt.checkpoint import run_snapshot, safe_torch_load
+    from openmm_cmt.checkpoint import safe_torch_load
+    from openmm_cmt.io import run_snapshot
 
     if any(p < 1 for p in args.nprocs):
         raise ValueError(f"--nprocs must be positive process counts, got {args.nprocs}")
