@@ -52,21 +52,14 @@ def _umask() -> int:
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike):
-    """A binary file handle whose contents replace ``path`` only when the block ends
-    without an exception: written to a temporary file beside ``path``, flushed to disk,
-    then renamed over it. The file gets the user's default permissions (0666 less the
-    umask)."""
-    path = os.fspath(path)
+def _replacing(path: str, suffix: str):
+    """``(fd, tmp)``: a new temporary file beside ``path``, renamed over ``path`` when the
+    block ends without an exception and removed otherwise."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=suffix)
     try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
+        yield fd, tmp
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -75,25 +68,31 @@ def atomic_file(path: str | os.PathLike):
 
 
 @contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """A binary file handle whose contents replace ``path`` only when the block ends
+    without an exception: written to a temporary file beside ``path``, flushed to disk,
+    then renamed over it. The file gets the user's default permissions (0666 less the
+    umask)."""
+    with _replacing(os.fspath(path), ".tmp") as (fd, _tmp):
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())  # mkstemp makes 0600
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """A fresh temporary path beside ``path`` with the same extension, for writers that
     take a file name (mdtraj's); renamed over ``path`` when the block ends without an
     exception, removed otherwise. The path does not exist on entry."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=os.path.splitext(path)[1])
-    os.close(fd)
-    os.unlink(tmp)  # mdtraj refuses to overwrite an existing file
-    try:
+    with _replacing(path, os.path.splitext(path)[1]) as (fd, tmp):
+        os.close(fd)
+        os.unlink(tmp)  # mdtraj refuses to overwrite an existing file
         yield tmp
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
