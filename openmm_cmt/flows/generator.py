@@ -361,19 +361,20 @@ class Generator(nn.Module):
         return z, torch.where(outside, torch.full_like(logdet, -math.inf), logdet)
 
     @torch.jit.export
-    def sample_latent(self, n: int) -> torch.Tensor:
-        """``[n, D]`` draws from the prior."""
-        return self.prior.sample(n)
+    def sample_latent(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``[n, D]`` draws from the prior, from ``generator`` (default: torch's global RNG)."""
+        return self.prior.sample(n, generator)
 
     @torch.jit.export
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return self.prior.log_prob(z)
 
     @torch.jit.export
-    def sample(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(x [n, N, 3] nm, log_q [n])``; reparameterised (differentiable w.r.t. the
-        flow parameters)."""
-        z = self.prior.sample(n)
+        flow parameters). Draws from ``generator`` (a ``torch.Generator`` on the
+        generator's device; default: torch's global RNG)."""
+        z = self.prior.sample(n, generator)
         x, logdet = self.latent_to_positions(z)
         return x, self.prior.log_prob(z) - logdet
 
