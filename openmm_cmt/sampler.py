@@ -102,7 +102,7 @@ class BoltzmannGeneratorSampler:
         self.config = preset(config) if isinstance(config, str) else config
         _check_clashes(molsys)
         self.device = _resolve_device(self.config.device)
-        self.generator = Generator.from_system(molsys, **self.config.generator).to(self.device)
+        self.generator = Generator.from_system(molsys, self.config.generator_config()).to(self.device)
         self.trainer = None
         self._energy = None
         self._eval_energy = None
