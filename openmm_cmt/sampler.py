@@ -256,11 +256,13 @@ class BoltzmannGeneratorSampler:
 
     # -- sampling -----------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, batch_size: int = 65536, exact_energies: bool = True) -> Samples:
+    def sample(self, n: int, batch_size: int = 65536, exact_energies: bool = True,
+               generator: torch.Generator | None = None) -> Samples:
         """``n`` generator samples with importance weights for the Boltzmann distribution.
 
-        ``exact_energies`` evaluates the weights with a float64 engine. The samples draw on
-        torch's global RNG: seed it (``torch.manual_seed``) for reproducible samples.
+        ``exact_energies`` evaluates the weights with a float64 engine. The samples are
+        drawn from ``generator`` (a ``torch.Generator`` on ``self.device``, for
+        reproducible samples), by default from torch's global RNG.
         """
         if not (isinstance(n, (int, np.integer)) and n >= 1):
             raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -269,7 +271,7 @@ class BoltzmannGeneratorSampler:
         self.generator.eval()
         xs, lqs, es = [], [], []
         for start in range(0, n, batch_size):
-            x, log_q = self.generator.sample(min(batch_size, n - start))
+            x, log_q = self.generator.sample(min(batch_size, n - start), generator)
             xs.append(x.double().cpu())
             lqs.append(log_q.double().cpu())
             es.append(engine.energy(x.double()).cpu())

@@ -62,7 +62,9 @@ class CMTConfig:
 
     Attributes:
         path: ``cmt``, ``trust-region``, ``entropy``, ``geometric-linear``,
-            ``temperature-ladder`` or ``reverse-kl`` (see :mod:`openmm_cmt.cmt.paths`).
+            ``temperature-ladder``, ``reverse-kl`` or another name in
+            ``openmm_cmt.cmt.paths.PATHS`` (:mod:`openmm_cmt.cmt.paths`); the settings
+            below that a path does not read are ignored by it.
         eps_tr: trust-region radius KL(q_{i+1} || q_i) per step, nats.
         eps_ent: largest entropy drop per step, nats.
         n_steps: annealing steps of ``run()``.

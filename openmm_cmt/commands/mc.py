@@ -45,8 +45,6 @@ def _energy_engine(molsys, kind: str, device: str, compile_: bool):
 
 
 def run(args) -> int:
-    import torch
-
     from openmm_cmt.checkpoint import CheckpointError, atomic_write_bytes
     from openmm_cmt.mcmc.many_chains import ManyChainHybridMC
     from openmm_cmt.sampler import BoltzmannGeneratorSampler
@@ -61,7 +59,6 @@ def run(args) -> int:
     except CheckpointError as err:
         print(f"openmm-cmt mc: error: {err}", file=sys.stderr)
         return 2
-    torch.manual_seed(args.seed)
     energy = _energy_engine(sampler.molsys, args.energy, args.device, not args.no_compile)
     chains = ManyChainHybridMC(
         sampler.molsys, sampler.generator, args.n_chains, md_steps=args.md_steps, timestep=args.timestep,

@@ -26,8 +26,7 @@ def run(args) -> int:
     from openmm_cmt.sampler import BoltzmannGeneratorSampler
 
     sampler = BoltzmannGeneratorSampler.load(args.run, device=args.device, trust_run=args.trust_run)
-    torch.manual_seed(args.seed)
-    s = sampler.sample(args.n)
+    s = sampler.sample(args.n, generator=torch.Generator(sampler.device).manual_seed(args.seed))
     buf = io.BytesIO()
     np.savez(buf, positions=s.positions, log_weights=s.log_weights, log_q=s.log_q, energies=s.energies)
     atomic_write_bytes(args.out, buf.getvalue())
