@@ -162,8 +162,9 @@ PHASES = ("sample", "energy", "dual", "buffer", "fit", "checkpoint")
 
 class CMTTrainer:
     """Fits ``flow`` (``sample(n, generator=None) -> (x, log_q)`` drawing from the given
-    ``torch.Generator``, ``log_prob(x) -> [B]``; x with any per-sample shape) to ``target`` (``log_prob``, ``n_evaluations``) along
-    ``config.path``; see the module docstring for one step.
+    ``torch.Generator``, ``log_prob(x) -> [B]``; x with any per-sample shape) to
+    ``target`` (``log_prob``, ``n_evaluations``) along ``config.path``; see the module
+    docstring for one step.
 
     Attributes:
         history: one dict per annealing step: step, path, lam, eta, alpha, beta, kl,
@@ -403,7 +404,7 @@ class CMTTrainer:
         self._load_rng(state["rng"])
 
     def _load_rng(self, saved: dict) -> None:
-        # Checkpoints from before the rename hold the (CPU) minibatch stream as "generator".
+        # Checkpoints of earlier versions hold the (CPU) minibatch stream as "generator".
         rng_state, device = (saved["rng"], saved["device"]) if "rng" in saved else (saved["generator"], "cpu")
         if device == self.rng.device.type:
             self.rng.set_state(rng_state)

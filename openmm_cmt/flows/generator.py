@@ -81,6 +81,7 @@ SUPPORT_TOLERANCE = 1e-4
 #: file (1e-4 nm rounding on a 0.1 nm X-H bond), tight against unconstrained samples.
 CONSTRAINT_TOLERANCE = 5e-3
 
+
 class Generator(nn.Module):
     """Normalizing flow over the internal coordinates of one molecule (module docstring).
 
