@@ -29,31 +29,18 @@ BENCHES = {
 }
 
 
-def _load(module: str):
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as err:
-        if err.name == module:
-            return None
-        raise
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="openmm-cmt", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_) in COMMANDS.items():
-        mod = _load(module)
-        if mod is None:
-            continue
+        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)
     bench = sub.add_parser("bench", help="benchmarks (figures go to BENCHMARKS.md)")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     for name, (module, help_) in BENCHES.items():
-        mod = _load(module)
-        if mod is None:
-            continue
+        mod = importlib.import_module(module)
         p = bench_sub.add_parser(name, help=help_)
         mod.add_arguments(p)
         p.set_defaults(_run=mod.run)

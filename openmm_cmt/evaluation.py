@@ -85,10 +85,10 @@ def _over_draws(values) -> dict:
     return {"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max()), "draws": v.tolist()}
 
 
-def _draw(sampler, n: int, residues: list[str]) -> dict:
+def _draw(sampler, n: int, residues: list[str], generator: torch.Generator | None) -> dict:
     """One independent draw: weights, energies, backbone angles and per-draw statistics."""
     t0 = time.perf_counter()
-    s = sampler.sample(n)
+    s = sampler.sample(n, generator=generator)
     t1 = time.perf_counter()
     angles = metrics.phi_psi(s.positions, sampler.molsys.topology, per_residue=True) if residues else None
     t2 = time.perf_counter()
@@ -120,7 +120,7 @@ def _observables(lw, energies, angles, residues) -> dict:
 
 
 def evaluate(sampler, out_dir, n_samples: int = 100_000, reference: str | None = "auto", bins: int = 100,
-             plots: bool = True, n_draws: int = N_DRAWS) -> dict:
+             plots: bool = True, n_draws: int = N_DRAWS, generator: torch.Generator | None = None) -> dict:
     """Metrics of ``sampler``'s generator, written to ``out_dir``; returns them.
 
     Parameters
@@ -135,6 +135,8 @@ def evaluate(sampler, out_dir, n_samples: int = 100_000, reference: str | None =
         NLL, Ramachandran TV/KL, basin populations, mode collapse); ``"auto"`` takes the
         reference shipped for the system, if any. It must have been sampled from the
         run's System (fingerprint) at the run's temperature.
+    generator : torch.Generator or None
+        The random stream of the draws (on the sampler's device); None: torch's global RNG.
     """
     if not (isinstance(n_draws, (int, np.integer)) and n_draws >= 1):
         raise ValueError(f"n_draws must be a positive integer, got {n_draws!r}")
@@ -146,7 +148,7 @@ def evaluate(sampler, out_dir, n_samples: int = 100_000, reference: str | None =
     reference = resolve_reference(reference, molsys.name)
     ref = None if reference is None else load_matching_reference(reference, molsys)
     residues = _residues(molsys.topology)
-    draws = [_draw(sampler, int(n_samples), residues) for _ in range(n_draws)]
+    draws = [_draw(sampler, int(n_samples), residues, generator) for _ in range(n_draws)]
     lw = np.concatenate([d["log_w"] for d in draws])
     energies = np.concatenate([d["energies"] for d in draws])
     angles = None if not residues else np.concatenate([d["angles"] for d in draws])

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import json
 import math
 import re
 
 from openmm_cmt.cmt.trainer import CMTConfig
+from openmm_cmt.flows.config import GeneratorConfig
 
 
 @dataclasses.dataclass
@@ -29,8 +29,9 @@ class TrainConfig:
 
     Attributes:
         preset: the preset this config started from (informational).
-        generator: keyword arguments of ``openmm_cmt.flows.Generator.from_system``.
-        cmt: keyword arguments of ``openmm_cmt.cmt.CMTConfig``.
+        generator: fields of ``openmm_cmt.flows.GeneratorConfig`` (a dict, as run
+            folders store it; ``generator_config()`` builds the dataclass).
+        cmt: fields of ``openmm_cmt.cmt.CMTConfig`` (``cmt_config()``).
         energy: ``auto`` (batched TorchEnergy when supported), ``torch`` or ``openmm``.
         energy_dtype: ``float32`` or ``float64`` for the torch engine during training.
         energy_compile: ``torch.compile`` the torch engine (``"auto"``: on CUDA, and on
@@ -64,9 +65,13 @@ class TrainConfig:
         for section in ("generator", "cmt"):
             if not isinstance(getattr(self, section), dict):
                 raise ValueError(f"{section} must be a dict of settings, got {getattr(self, section)!r}")
-        check_settings("generator", self.generator, _generator_schema())
-        check_settings("cmt", self.cmt, _cmt_schema())
-        self.cmt_config()  # validates the CMT settings early
+        check_settings("generator", self.generator, _schema(GeneratorConfig))
+        check_settings("cmt", self.cmt, _schema(CMTConfig))
+        self.generator_config()  # validates the settings early
+        self.cmt_config()
+
+    def generator_config(self) -> GeneratorConfig:
+        return GeneratorConfig(**self.generator)
 
     def cmt_config(self) -> CMTConfig:
         return CMTConfig(**self.cmt)
@@ -108,7 +113,7 @@ def _kind_of(annotation, default):
         text = annotation
     else:
         text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
-    if annotation is inspect.Parameter.empty or not text:
+    if not text:
         text = type(default).__name__ if default is not None else ""
     allow_none = default is None or "None" in text or "Optional" in text
     for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
@@ -117,15 +122,9 @@ def _kind_of(annotation, default):
     return None, True
 
 
-def _generator_schema() -> dict:
-    from openmm_cmt.flows import Generator
-
-    params = inspect.signature(Generator.from_system).parameters
-    return {n: _kind_of(p.annotation, p.default) for n, p in params.items() if n not in ("cls", "molsys")}
-
-
-def _cmt_schema() -> dict:
-    return {f.name: _kind_of(f.type, f.default) for f in dataclasses.fields(CMTConfig)}
+def _schema(config_class) -> dict:
+    """Field name -> (type, None allowed) of a settings dataclass."""
+    return {f.name: _kind_of(f.type, f.default) for f in dataclasses.fields(config_class)}
 
 
 def check_setting(key: str, value, kind, allow_none: bool = False, minimum=None, inclusive: bool = True) -> None:

@@ -123,7 +123,7 @@ class BoltzmannGeneratorSampler:
         self.config = preset(config) if isinstance(config, str) else config
         _check_clashes(molsys)
         self.device = _resolve_device(self.config.device)
-        self.generator = Generator.from_system(molsys, **self.config.generator).to(self.device)
+        self.generator = Generator.from_system(molsys, self.config.generator_config()).to(self.device)
         self.trainer = None
         self._energy = None
         self._eval_energy = None
@@ -289,13 +289,14 @@ class BoltzmannGeneratorSampler:
 
     # -- sampling -----------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, n: int, batch_size: int | None = None, exact_energies: bool = True) -> Samples:
+    def sample(self, n: int, batch_size: int | None = None, exact_energies: bool = True,
+               generator: torch.Generator | None = None) -> Samples:
         """``n`` generator samples with importance weights for the Boltzmann distribution.
 
         ``exact_energies`` evaluates the weights with a float64 engine. ``batch_size``:
-        samples per flow pass (default :data:`SAMPLE_BATCH` of the device). The samples
-        draw on torch's global RNG: seed it (``torch.manual_seed``) for reproducible
-        samples.
+        samples per flow pass (default :data:`SAMPLE_BATCH` of the device). The samples are
+        drawn from ``generator`` (a ``torch.Generator`` on ``self.device``, for
+        reproducible samples), by default from torch's global RNG.
         """
         if not (isinstance(n, (int, np.integer)) and n >= 1):
             raise ValueError(f"n must be a positive integer, got {n!r}")
@@ -308,7 +309,7 @@ class BoltzmannGeneratorSampler:
         self.generator.eval()
         xs, lqs, es = [], [], []
         for start in range(0, n, batch_size):
-            x, log_q = self.generator.sample(min(batch_size, n - start))
+            x, log_q = self.generator.sample(min(batch_size, n - start), generator)
             xs.append(x.double().cpu())
             lqs.append(log_q.double().cpu())
             es.append(engine.energy(x.double()).cpu())

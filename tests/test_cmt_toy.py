@@ -72,7 +72,7 @@ def train(path: str):
     trainer = CMTTrainer(flow, gmm.target(), config)
     trainer.run()
     with torch.no_grad():
-        x, log_q = flow.sample(10000)
+        x, log_q = flow.sample(10000, trainer.rng)
     log_w = gmm.unnormalized_log_prob(x) - log_q.double()
     return gmm.modes_covered(x), log_z_estimate(log_w) - gmm.log_z, trainer
 

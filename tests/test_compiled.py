@@ -12,7 +12,7 @@ from openmm_cmt.cmt import CMTConfig, CMTTrainer
 from openmm_cmt.cmt import compiled as compiled_module
 from openmm_cmt.cmt.compiled import FlowCalls, compile_available
 from openmm_cmt.cmt.trainer import AUTO_COMPILE_MIN_GRAD_STEPS, PHASES
-from openmm_cmt.flows import EuclideanFlow
+from openmm_cmt.flows import EuclideanFlow, GeneratorConfig
 from openmm_cmt.cmt.toy_targets import gmm40
 
 
@@ -98,7 +98,7 @@ def test_fallback_of_log_prob_and_sampling(monkeypatch):
     from openmm_cmt.systems import resolve
 
     monkeypatch.setattr(compiled_module.torch, "compile", _fake_compile(lambda fn: lambda *a: _shifted(fn(*a))))
-    generator = Generator.from_system(resolve("alanine-dipeptide"), preset="cpu", n_layers=2, hidden=8, depth=1)
+    generator = Generator.from_system(resolve("alanine-dipeptide"), GeneratorConfig(preset="cpu", n_layers=2, hidden=8, depth=1))
     calls = FlowCalls(generator, True, 64, chunk_size=50)
     torch.manual_seed(0)
     with pytest.warns(RuntimeWarning, match="sample call"):
@@ -132,7 +132,7 @@ def test_compiled_sampling_draws_the_same_samples_in_fixed_chunks(monkeypatch):
         return run
 
     monkeypatch.setattr(compiled_module.torch, "compile", _fake_compile(make))
-    generator = Generator.from_system(resolve("alanine-dipeptide"), preset="cpu", n_layers=2, hidden=8, depth=1)
+    generator = Generator.from_system(resolve("alanine-dipeptide"), GeneratorConfig(preset="cpu", n_layers=2, hidden=8, depth=1))
     calls = FlowCalls(generator, True, 64, chunk_size=32)
     torch.manual_seed(5)
     x, log_q = calls.sample(75)

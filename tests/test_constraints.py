@@ -15,7 +15,7 @@ from openmm import app, unit
 
 from openmm_cmt.coordinates.constraints import ConstraintMetric, constrained_ics
 from openmm_cmt.energy import create_energy
-from openmm_cmt.flows import Generator
+from openmm_cmt.flows import Generator, GeneratorConfig
 from openmm_cmt.mcmc import HybridMC, ManyChainHybridMC
 from openmm_cmt.mcmc.proposals import check_system
 from openmm_cmt.presets import preset
@@ -157,8 +157,8 @@ def molecule():
 @pytest.fixture(scope="module")
 def generator(molecule):
     torch.manual_seed(0)
-    return Generator.from_system(molecule, n_layers=2, hidden=16, depth=1, angle_width=1.2, bond_width=0.06,
-                                 prior_sigma=0.3).double()
+    return Generator.from_system(molecule, GeneratorConfig(n_layers=2, hidden=16, depth=1, angle_width=1.2, bond_width=0.06,
+                                                           prior_sigma=0.3)).double()
 
 
 # --- the metric and the generator's density ----------------------------------------------
@@ -191,8 +191,8 @@ def test_generator_holds_constrained_bonds_at_the_system_distances(molecule, gen
     torch.testing.assert_close(generator.log_prob(x), log_q.detach())
     torch.testing.assert_close(torch.jit.script(generator).log_prob(x), log_q.detach())
     # log q = log q_free - log J - 0.5 log det G_M: the metric term alone, analytically
-    plain = Generator.from_system(molecule, n_layers=2, hidden=16, depth=1, angle_width=1.2, bond_width=0.06,
-                                  prior_sigma=0.3).double()
+    plain = Generator.from_system(molecule, GeneratorConfig(n_layers=2, hidden=16, depth=1, angle_width=1.2, bond_width=0.06,
+                                                            prior_sigma=0.3)).double()
     plain.load_state_dict(generator.state_dict())
     plain.metric = NoMetric()
     difference = (generator.log_prob(x) - plain.log_prob(x)).detach().numpy()
@@ -263,8 +263,8 @@ def test_hybrid_mc_agrees_with_constrained_md_only_with_the_metric_factor(molecu
     inner, _, _ = exact_bins(molecule.kT)
     proposal_generator = generator
     if not metric:
-        proposal_generator = Generator.from_system(molecule, n_layers=2, hidden=16, depth=1, angle_width=1.2,
-                                                   bond_width=0.06, prior_sigma=0.3).double()
+        proposal_generator = Generator.from_system(molecule, GeneratorConfig(n_layers=2, hidden=16, depth=1, angle_width=1.2,
+                                                                             bond_width=0.06, prior_sigma=0.3)).double()
         proposal_generator.load_state_dict(generator.state_dict())
         proposal_generator.metric = NoMetric()
     chains = _chains(molecule, proposal_generator, md_steps=10, seed=12)
@@ -281,7 +281,7 @@ def test_hybrid_mc_refuses_mismatched_constraints(molecule, generator):
     flexible = four_site(constrained=False)
     with pytest.raises(ValueError, match="does not constrain"):
         check_system(flexible.system, generator)
-    plain = Generator.from_system(flexible, n_layers=2, hidden=16, depth=1)
+    plain = Generator.from_system(flexible, GeneratorConfig(n_layers=2, hidden=16, depth=1))
     with pytest.raises(ValueError, match="does not hold fixed"):
         check_system(molecule.system, plain)
     moved = four_site()
@@ -306,7 +306,7 @@ def test_constraints_that_are_not_zmatrix_bonds_are_refused():
 
 
 def test_harmonic_scaling_leaves_out_the_constrained_bonds(molecule):
-    generator = Generator.from_system(molecule, n_layers=2, hidden=16, depth=1, scaling="harmonic")
+    generator = Generator.from_system(molecule, GeneratorConfig(n_layers=2, hidden=16, depth=1, scaling="harmonic"))
     assert generator.dim == 4 and torch.isfinite(generator.ic_half_width).all()
 
 
@@ -548,7 +548,7 @@ def test_allbonds_without_rings_work_and_hangles_are_refused(constraints):
         with pytest.raises(ValueError, match=r"constraint \d+ between atoms \d+ \(H\w*\) and \d+ \(H\w*\).*HAngles"):
             Generator.from_system(molsys)
         return
-    generator = Generator.from_system(molsys, n_layers=2, hidden=16, depth=1).double()
+    generator = Generator.from_system(molsys, GeneratorConfig(n_layers=2, hidden=16, depth=1)).double()
     assert generator.n_constraints == 21 and generator.dim == 60 - 21  # every bond of the tree
     torch.manual_seed(9)
     x, log_q = generator.sample(16)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from openmm_cmt.cmt import CMTTrainer
-from openmm_cmt.cmt.distributed import drawing_from, shard
+from openmm_cmt.cmt.distributed import shard
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -26,17 +26,13 @@ def torchrun(nproc: int, *args, timeout=240, env=None):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
-def draw_as_ranks(trainer: CMTTrainer, n_ranks: int) -> None:
-    """Make ``trainer``'s flow draw what ``n_ranks`` processes draw together: rank r's share
-    from the stream seeded seed + r, concatenated in rank order."""
-    streams = [torch.Generator().manual_seed(trainer.config.seed + r) for r in range(n_ranks)]
+def draw_as_ranks(trainer: CMTTrainer, streams: list[torch.Generator]) -> None:
+    """Make ``trainer``'s flow draw what ``len(streams)`` processes draw together: rank r's
+    share from its stream (seeded seed + r), concatenated in rank order."""
     own_sample = trainer.flow.sample
 
-    def sample(n):
-        parts = []
-        for r, stream in enumerate(streams):
-            with drawing_from(stream):
-                parts.append(own_sample(len(shard(n, r, n_ranks))))
+    def sample(n, generator=None):
+        parts = [own_sample(len(shard(n, r, len(streams))), generator=stream) for r, stream in enumerate(streams)]
         return tuple(torch.cat(t) for t in zip(*parts))
 
     trainer.flow.sample = sample
@@ -54,8 +50,9 @@ class AsRanks(CMTTrainer):
         assert config.buffer_size == config.batch_size == config.samples_per_step
         assert config.drop_top_energy_fraction == 0
         self.n_ranks = n_ranks
-        self.orders = [torch.Generator().manual_seed(config.seed + r) for r in range(n_ranks)]
-        draw_as_ranks(self, n_ranks)
+        # One stream per rank serves its draws and its minibatches, as in each process.
+        self.streams = [torch.Generator().manual_seed(config.seed + r) for r in range(n_ranks)]
+        draw_as_ranks(self, self.streams)
 
     def _per_rank(self, fn, x):
         parts = [shard(x.shape[0], r, self.n_ranks) for r in range(self.n_ranks)]
@@ -71,7 +68,7 @@ class AsRanks(CMTTrainer):
         parts = [shard(buf_x.shape[0], r, self.n_ranks) for r in range(self.n_ranks)]
         losses = []
         for _ in range(self.config.grad_steps_per_step):
-            rows = [part.start + torch.randperm(len(part), generator=g) for part, g in zip(parts, self.orders)]
+            rows = [part.start + torch.randperm(len(part), generator=g) for part, g in zip(parts, self.streams)]
             log_norm = torch.logsumexp(torch.stack([torch.logsumexp(log_w[i], 0) for i in rows]), 0)
             loss, grads = None, None
             for i in rows:
@@ -106,7 +103,7 @@ def test_two_processes_follow_the_one_process_path(tmp_path, path, drop, steps):
         assert ranks[0] == dist_worker.summary(reference) | {"buffer_log_p": ranks[0]["buffer_log_p"]}
         return
     reference = CMTTrainer(dist_worker.toy_flow(), gmm40().target(), config)
-    draw_as_ranks(reference, 2)
+    draw_as_ranks(reference, [torch.Generator().manual_seed(config.seed + r) for r in range(2)])
     reference.run()
     expected = dist_worker.summary(reference)
     got = ranks[0]

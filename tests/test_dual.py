@@ -1,6 +1,7 @@
 """The CMT dual against closed forms (Gaussians), brute force and autograd."""
 
 import math
+import types
 
 import numpy as np
 import pytest
@@ -9,7 +10,7 @@ from scipy import optimize
 from scipy.special import logsumexp
 
 from openmm_cmt.cmt.dual import _Dual, annealing_step, solve_dual
-from openmm_cmt.cmt.paths import geometric_exponents, ladder_betas, path_step
+from openmm_cmt.cmt.paths import PATHS, geometric_exponents, ladder_betas, make_path
 
 # q_i = N(0, V0); p~(x) = exp(-(x - M)^2 / (2 V)) (unnormalised), in 1-D.
 V0, M, V = 25.0, 3.0, 0.25
@@ -182,7 +183,7 @@ def test_fixed_exponent_steps():
     fixed = annealing_step(log_q, log_p, sol.alpha, sol.beta, log_weights=log_q)
     assert fixed.lam == pytest.approx(sol.lam) and fixed.eta == pytest.approx(sol.eta)
     assert fixed.kl == pytest.approx(sol.kl, abs=1e-10) and fixed.log_z == pytest.approx(sol.log_z, abs=1e-12)
-    rkl = path_step("reverse-kl", log_q, log_p, 0)
+    rkl = PATHS["reverse-kl"]().step(log_q, log_p, 0)
     assert rkl.is_final and rkl.beta == 1.0
 
 
@@ -197,4 +198,4 @@ def test_bad_input():
     with pytest.raises(ValueError, match="exponents"):
         annealing_step(log_q, log_p, 0.9, 0.5)
     with pytest.raises(ValueError, match="path"):
-        path_step("simulated-annealing", log_q, log_p, 0)
+        make_path(types.SimpleNamespace(path="simulated-annealing"))

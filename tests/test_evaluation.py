@@ -28,7 +28,7 @@ class FrameSampler:
         self.n_evaluations = 0
         self.trainer = None
 
-    def sample(self, n):
+    def sample(self, n, generator=None):
         idx = self.rng.choice(self.pool, n)
         e = self.energies[idx]
         log_q = -e / self.molsys.kT - 3.0  # q proportional to the Boltzmann density

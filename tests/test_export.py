@@ -11,7 +11,7 @@ import torch
 import openmm
 from openmm import app, unit
 
-from openmm_cmt.flows import Generator
+from openmm_cmt.flows import Generator, GeneratorConfig
 from openmm_cmt.mcmc.export import (
     METADATA_FILE,
     check_compatible,
@@ -32,7 +32,7 @@ def aldp():
 @pytest.fixture(scope="module")
 def generator(aldp):
     """A small float64 generator with non-trivial weights (a fresh flow is the identity)."""
-    g = Generator.from_system(aldp, n_layers=4, hidden=32, depth=1).double()
+    g = Generator.from_system(aldp, GeneratorConfig(n_layers=4, hidden=32, depth=1)).double()
     rng = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for p in g.parameters():

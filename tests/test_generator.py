@@ -10,7 +10,7 @@ import openmm
 from openmm import app, unit
 
 from openmm_cmt.coordinates import chirality_signs, stereocentres
-from openmm_cmt.flows import CIRCULAR, Generator
+from openmm_cmt.flows import CIRCULAR, Generator, GeneratorConfig
 from openmm_cmt.systems import MolecularSystem, get
 from openmm_cmt.units import MOLAR_GAS_CONSTANT
 
@@ -48,7 +48,7 @@ def aldp():
 
 @pytest.fixture(scope="module")
 def aldp_generator64(aldp):
-    return _randomise(Generator.from_system(aldp, **SMALL), std=0.03).double()
+    return _randomise(Generator.from_system(aldp, GeneratorConfig(**SMALL)), std=0.03).double()
 
 
 # --- maps and densities ----------------------------------------------------------------
@@ -56,7 +56,7 @@ def aldp_generator64(aldp):
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-10)])
 def test_latent_roundtrip(aldp, dtype, tol):
-    generator = _randomise(Generator.from_system(aldp, **SMALL), std=0.03).to(dtype)
+    generator = _randomise(Generator.from_system(aldp, GeneratorConfig(**SMALL)), std=0.03).to(dtype)
     torch.manual_seed(0)
     z = generator.sample_latent(500)
     x, logdet = generator.latent_to_positions(z)
@@ -110,7 +110,7 @@ def test_out_of_support_positions_get_minus_infinity_and_finite_gradients(aldp, 
 
 
 def test_scripted_generator_equals_eager(aldp):
-    generator = _randomise(Generator.from_system(aldp, **SMALL), std=0.03)
+    generator = _randomise(Generator.from_system(aldp, GeneratorConfig(**SMALL)), std=0.03)
     scripted = torch.jit.script(generator)
     assert scripted.n_atoms == 22 and scripted.elements == aldp.elements and scripted.temperature == aldp.temperature
     torch.manual_seed(4)
@@ -126,7 +126,7 @@ def test_scripted_generator_equals_eager(aldp):
 
 def test_chirality_is_preserved_in_generated_samples(aldp):
     # Broad random weights: samples far from the reference, chirality still fixed.
-    generator = _randomise(Generator.from_system(aldp, **SMALL), std=0.1)
+    generator = _randomise(Generator.from_system(aldp, GeneratorConfig(**SMALL)), std=0.1)
     centres = stereocentres(aldp.topology)
     assert len(centres) >= 1
     reference = chirality_signs(torch.as_tensor(aldp.positions), centres)
@@ -139,13 +139,32 @@ def test_chirality_is_preserved_in_generated_samples(aldp):
     assert x.std(0).max() > 0.1
 
 
+def test_generator_settings_are_checked_against_generator_config():
+    import dataclasses
+
+    from openmm_cmt.presets import TrainConfig, preset
+
+    known = ", ".join(sorted(f.name for f in dataclasses.fields(GeneratorConfig)))
+    for make in (lambda: TrainConfig(generator={"typo": 1}), lambda: preset("laptop", generator={"typo": 1})):
+        with pytest.raises(ValueError) as err:
+            make()
+        assert str(err.value) == f"unknown generator setting 'typo'; expected one of {known}"
+    with pytest.raises(ValueError, match="generator.hidden must be an integer >= 1 or null, got 1.5"):
+        TrainConfig(generator={"hidden": 1.5})
+    with pytest.raises(ValueError, match="masking must be one of"):
+        TrainConfig(generator={"masking": "checkerboard"})
+    config = preset("laptop", generator={"hidden": 64})
+    assert config.generator_config() == GeneratorConfig(**config.to_dict()["generator"])
+    assert config.generator_config().hidden == 64 and config.generator_config().sized().depth == 2
+
+
 def test_presets_and_bad_arguments(aldp):
-    gpu = Generator.from_system(aldp, preset="gpu", n_layers=2)
+    gpu = Generator.from_system(aldp, GeneratorConfig(preset="gpu", n_layers=2))
     assert gpu.build_config["hidden"] == 256 and gpu.build_config["depth"] == 5 and gpu.build_config["n_layers"] == 2
     with pytest.raises(ValueError, match="preset"):
-        Generator.from_system(aldp, preset="tpu")
+        Generator.from_system(aldp, GeneratorConfig(preset="tpu"))
     with pytest.raises(ValueError, match="bond_width"):
-        Generator.from_system(aldp, bond_width=0.0)
+        Generator.from_system(aldp, GeneratorConfig(bond_width=0.0))
     with pytest.raises(ValueError, match="shape"):
         gpu.log_prob(torch.zeros(2, 21, 3))
 
@@ -197,7 +216,7 @@ def chain():
 def test_log_det_matches_autograd_jacobian_of_canonical_coordinates(chain):
     """latent_to_positions' log_det = log|det d(free canonical coords)/dz| + log(b1^2 y2),
     the rigid-motion volume factor of the density convention."""
-    generator = _randomise(Generator.from_system(chain, n_layers=4, hidden=8, depth=1), std=0.1).double()
+    generator = _randomise(Generator.from_system(chain, GeneratorConfig(n_layers=4, hidden=8, depth=1)), std=0.1).double()
     rows = generator.transform.zmatrix[:, 0]
     torch.manual_seed(6)
     z = generator.sample_latent(4)
@@ -239,7 +258,7 @@ def _exact_mean(value, log_density, low, high):
 def test_density_contract_importance_weights_recover_boltzmann_averages(chain):
     """Self-normalised averages with w = exp(-u - log_prob) match exact Boltzmann averages
     of bonds, angles and the free torsion, Jacobian factors included."""
-    generator = _randomise(Generator.from_system(chain, n_layers=4, hidden=16, depth=1, bond_width=0.1, angle_width=1.0), std=0.05)
+    generator = _randomise(Generator.from_system(chain, GeneratorConfig(n_layers=4, hidden=16, depth=1, bond_width=0.1, angle_width=1.0)), std=0.05)
     generator = generator.double()
     torch.manual_seed(7)
     with torch.no_grad():
@@ -304,7 +323,7 @@ def aldp_md_frames(aldp):
 
 
 def test_maximum_likelihood_fit_to_md_lowers_held_out_nll(aldp, aldp_md_frames):
-    generator = Generator.from_system(aldp, **SMALL)
+    generator = Generator.from_system(aldp, GeneratorConfig(**SMALL))
     train, test = aldp_md_frames[:200], aldp_md_frames[200:]
     nll_before = -generator.log_prob(test).mean().item()
     assert math.isfinite(nll_before)
@@ -324,7 +343,7 @@ def test_maximum_likelihood_fit_to_md_lowers_held_out_nll(aldp, aldp_md_frames):
 def test_rebuild_from_build_config_and_state_dict(aldp, aldp_generator64):
     state = aldp_generator64.state_dict()
     assert not any("reversed_layers" in key for key in state)
-    rebuilt = Generator.from_system(aldp, **aldp_generator64.build_config).double()
+    rebuilt = Generator.from_system(aldp, GeneratorConfig(**aldp_generator64.build_config)).double()
     rebuilt.load_state_dict(state)
     x, log_q = aldp_generator64.sample(20)
     torch.testing.assert_close(rebuilt.log_prob(x), log_q, rtol=0, atol=1e-10)

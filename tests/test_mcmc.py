@@ -22,7 +22,7 @@ import openmm
 from openmm import app, unit
 from scipy import integrate, stats
 
-from openmm_cmt.flows import Generator
+from openmm_cmt.flows import Generator, GeneratorConfig
 from openmm_cmt.mcmc.proposals import GeneratorProposal, as_generator, random_rotations
 from openmm_cmt.mcmc.simulation import HybridMC
 from openmm_cmt.systems import MolecularSystem
@@ -102,7 +102,7 @@ def generator(chain):
     """A deliberately imperfect generator: a few maximum-likelihood steps on prior draws
     resampled with weight exp(0.6 sin phi), so that q over-weights the minor well about
     threefold (reverse ESS about 10 %)."""
-    g = Generator.from_system(chain, n_layers=4, hidden=16, depth=1, bond_width=0.04, angle_width=0.4).double()
+    g = Generator.from_system(chain, GeneratorConfig(n_layers=4, hidden=16, depth=1, bond_width=0.04, angle_width=0.4)).double()
     torch.manual_seed(0)
     with torch.no_grad():
         x, _ = g.sample(20000)

@@ -284,9 +284,9 @@ def test_ani2x_ml_mm_batched_matches_openmm_and_finite_differences(aldp, local_a
 
 def test_cmt_smoke_training_on_an_ml_target(emt_aldp):
     from openmm_cmt.cmt import BoltzmannTarget, CMTConfig, CMTTrainer
-    from openmm_cmt.flows import Generator
+    from openmm_cmt.flows import Generator, GeneratorConfig
 
-    generator = Generator.from_system(emt_aldp, n_layers=2, hidden=16, depth=1, seed=0)
+    generator = Generator.from_system(emt_aldp, GeneratorConfig(n_layers=2, hidden=16, depth=1, seed=0))
     config = CMTConfig(n_steps=2, samples_per_step=64, buffer_size=128, grad_steps_per_step=4, batch_size=32, seed=0)
     with OpenMMEnergy(emt_aldp, platform="CPU", n_workers=0) as engine:
         trainer = CMTTrainer(generator, BoltzmannTarget(engine), config)

@@ -8,7 +8,7 @@ import openmm_cmt  # noqa: F401
 from openmm_cmt.coordinates.graph import as_molecule_graph
 from openmm_cmt.energy import create_energy
 from openmm_cmt.energy.openmm_energy import OpenMMEnergy
-from openmm_cmt.flows import Generator
+from openmm_cmt.flows import Generator, GeneratorConfig
 from openmm_cmt.flows.coupling import CIRCULAR
 from openmm_cmt.flows.scaling import amide_torsions, harmonic_scaling, ic_curvatures, improper_dihedrals
 from openmm_cmt.reference import bundled_reference, load_reference
@@ -29,7 +29,7 @@ def _dihedral_names(transform):
 
 
 def test_backbone_torsions_stay_free_and_amides_and_impropers_are_bounded():
-    generator = Generator.from_system(ALDP, scaling="harmonic")
+    generator = Generator.from_system(ALDP, GeneratorConfig(scaling="harmonic"))
     t = generator.transform
     graph = as_molecule_graph(ALDP.topology)
     kinds, centre, half = harmonic_scaling(t, _exact_u, graph.bonds, graph.elements)
@@ -65,7 +65,7 @@ def test_harmonic_prior_is_far_closer_to_the_target_than_fixed_widths():
     engine = create_energy(ALDP, engine="torch", compile=False)
     medians = {}
     for scaling in ("fixed", "harmonic"):
-        g = Generator.from_system(ALDP, scaling=scaling, prior_sigma=0.15)
+        g = Generator.from_system(ALDP, GeneratorConfig(scaling=scaling, prior_sigma=0.15))
         with torch.no_grad():
             x, _ = g.sample(2000)
         medians[scaling] = float(engine.reduced_energy(x.double()).median())
@@ -73,7 +73,7 @@ def test_harmonic_prior_is_far_closer_to_the_target_than_fixed_widths():
 
 
 def test_reference_frames_lie_in_the_support_except_cis_amides():
-    g = Generator.from_system(ALDP, scaling="harmonic", prior_sigma=0.15)
+    g = Generator.from_system(ALDP, GeneratorConfig(scaling="harmonic", prior_sigma=0.15))
     frames = torch.as_tensor(load_reference(bundled_reference("alanine-dipeptide"))["frames"])
     with torch.no_grad():
         log_q = g.log_prob(frames.float())

@@ -54,6 +54,39 @@ def test_registry_get_and_unknown_name(aldp):
         systems.get("no-such-molecule")
 
 
+def test_systems_of_other_packages_come_through_entry_points(aldp, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from openmm_cmt.systems import registry
+
+    group = registry.ENTRY_POINT_GROUP
+    installed = [EntryPoint("plugin-dipeptide", "openmm_cmt.systems.alanine_dipeptide:alanine_dipeptide", group),
+                 EntryPoint("not-callable", "math:pi", group), EntryPoint("missing", "no_such_package.systems:x", group),
+                 EntryPoint("not-a-system", "builtins:dict", group),
+                 EntryPoint("alanine-dipeptide", "no_such_package.systems:x", group)]
+    asked = []
+
+    def entry_points(*, group):
+        asked.append(group)
+        return installed
+
+    monkeypatch.setattr(registry, "entry_points", entry_points)
+    assert {"plugin-dipeptide", "alanine-dipeptide", "elil"} <= set(systems.names())
+    got = systems.resolve("plugin-dipeptide", temperature=310.0)
+    assert isinstance(got, MolecularSystem) and got.temperature == 310.0
+    np.testing.assert_array_equal(got.positions, aldp.positions)
+    assert set(asked) == {"openmm_cmt.systems"}
+    assert systems.get("alanine-dipeptide").name == "alanine-dipeptide"  # the built-in one wins
+    with pytest.raises(ValueError, match="'not-callable' of entry point 'math:pi' .* is not a callable"):
+        systems.get("not-callable")
+    with pytest.raises(ValueError, match="'missing' .* does not load: No module named 'no_such_package'"):
+        systems.get("missing")
+    with pytest.raises(ValueError, match="returned dict, not a MolecularSystem"):
+        systems.get("not-a-system")
+    with pytest.raises(KeyError, match="plugin-dipeptide"):
+        systems.get("no-such-molecule")
+
+
 @pytest.mark.parametrize(
     "forcefield_files, implicit, force_name",
     [(("amber14-all.xml",), "obc1", "CustomGBForce"), (("amber99sbildn.xml", "amber99_obc.xml"), None, "GBSAOBCForce")],

@@ -173,3 +173,65 @@ def test_every_openmm_force_class_is_built_or_refused_with_a_reason():
     system = _system(openmm.RMSDForce(np.zeros((N, 3)), [0, 1, 2]))
     with pytest.raises(UnsupportedSystemError, match="RMSDForce is not supported .*superposition"):
         TorchEnergy.from_openmm(system)
+
+
+class RadiusOfGyration(torch.nn.Module):
+    def __init__(self, atoms):
+        super().__init__()
+        self.register_buffer("atoms", torch.as_tensor(atoms))
+
+    def forward(self, x):
+        x = x[:, self.atoms]
+        return (x - x.mean(1, keepdim=True)).square().sum(-1).mean(1).sqrt().double()
+
+
+def build_rg(force, system, dtype):
+    return RadiusOfGyration(list(force.getParticles()) or range(system.getNumParticles()))
+
+
+def test_a_registered_builder_compiles_its_force_class(openmm_reference_energies):
+    from openmm_cmt.energy.torch_energy import register_builder, unregister_builder
+
+    cv = openmm.CustomCVForce("2 * rg^2")
+    cv.addCollectiveVariable("rg", openmm.RGForce([1, 4, 6]))
+    system = _system(openmm.RGForce([0, 2, 3, 5]), openmm.RGForce(), cv)
+    with pytest.raises(UnsupportedSystemError, match="RGForce is not supported"):
+        TorchEnergy.from_openmm(system)
+    register_builder("RGForce", build_rg)
+    try:
+        with pytest.raises(ValueError, match="already has a builder"):
+            register_builder("RGForce", build_rg)
+        energy = TorchEnergy.from_openmm(system)
+        assert energy.term_names() == ["0:RGForce", "1:RGForce", "2:CustomCVForce"]
+        energy = torch.jit.script(energy)
+        x = np.random.default_rng(4).normal(scale=0.5, size=(3, N, 3))
+        assert torch.allclose(energy(torch.from_numpy(x)), torch.from_numpy(openmm_reference_energies(system, x)),
+                              rtol=1e-10, atol=0)
+    finally:
+        unregister_builder("RGForce")
+    assert "RGForce" not in builders()
+    with pytest.raises(UnsupportedSystemError, match="RGForce is not supported"):
+        TorchEnergy.from_openmm(system)
+    with pytest.raises(ValueError, match="no builder is registered for 'RGForce'"):
+        unregister_builder("RGForce")
+    with pytest.raises(ValueError, match="must be callable"):
+        register_builder("RGForce", "rg")
+
+
+def test_a_registered_builder_may_replace_a_builtin_one():
+    from openmm_cmt.energy.torch_energy import register_builder, unregister_builder
+
+    bond = openmm.HarmonicBondForce()
+    bond.addBond(0, 1, 0.1, 100.0)
+    bond.setUsesPeriodicBoundaryConditions(True)
+    system = _system(bond)
+    system.setDefaultPeriodicBoxVectors(*(np.eye(3) * 3.0))
+    register_builder("HarmonicBondForce", lambda force, system, dtype: None, replace=True)
+    try:  # the replacement does not claim periodic support
+        with pytest.raises(UnsupportedSystemError, match="uses periodic boundary conditions"):
+            TorchEnergy.from_openmm(system)
+        system.getForce(0).setUsesPeriodicBoundaryConditions(False)
+        assert TorchEnergy.from_openmm(system).term_names() == []
+    finally:
+        unregister_builder("HarmonicBondForce")
+    assert len(TorchEnergy.from_openmm(system).term_names()) == 1

@@ -23,8 +23,8 @@ class GaussianFlow(torch.nn.Module):
         self.mean = torch.nn.Parameter(torch.full((dim,), float(mean), dtype=torch.float64))
         self.log_std = torch.nn.Parameter(torch.full((dim,), math.log(std), dtype=torch.float64))
 
-    def sample(self, n):
-        x = self.mean + self.log_std.exp() * torch.randn(n, self.mean.numel(), dtype=torch.float64)
+    def sample(self, n, generator=None):
+        x = self.mean + self.log_std.exp() * torch.randn(n, self.mean.numel(), dtype=torch.float64, generator=generator)
         return x, self.log_prob(x)
 
     def log_prob(self, x):
@@ -72,13 +72,14 @@ def test_reused_samples_are_weighted_towards_the_next_density():
     target = FunctionTarget(lambda x: (-0.5 * (x - 3.0) ** 2 / 0.5).sum(-1))  # p ~ N(3, 0.5)
     flow = GaussianFlow(1, mean=-1.0, std=2.0)  # the old model (proposal)
     trainer = CMTTrainer(flow, target, CMTConfig(samples_per_step=50_000, buffer_size=100_000, seed=1))
+    draws = torch.Generator().manual_seed(1)  # a fixed stream: the moments are checked to 3 %
     with torch.no_grad():
-        x, log_q = flow.sample(50_000)
+        x, log_q = flow.sample(50_000, draws)
         trainer.buffer.push(x, log_q, target.log_prob(x))
         flow.mean.fill_(1.0)  # the current model q_i = N(1, 1.5^2)
         flow.log_std.fill_(math.log(1.5))
     alpha, beta = 0.6, 0.3
-    fresh, fresh_q = flow.sample(1000)
+    fresh, fresh_q = flow.sample(1000, draws)
     step = annealing_step(fresh_q.detach(), target.log_prob(fresh), alpha, beta)
     w = torch.softmax(trainer.buffer_log_weights(step), 0)
     x = trainer.buffer.x[:, 0]
@@ -235,3 +236,73 @@ def test_config_rejects_bad_values():
         CMTConfig(drop_top_energy_fraction=1.0)
     with pytest.raises(ValueError, match="target"):
         CMTTrainer(small_flow(), object(), CMTConfig())
+
+
+def test_trainer_draws_from_its_own_rng_only():
+    """The run depends on config.seed alone and leaves torch's, numpy's and python's
+    global RNGs as it found them."""
+    import random
+
+    import numpy as np
+
+    config = CMTConfig(n_steps=2, samples_per_step=128, buffer_size=256, grad_steps_per_step=3, batch_size=64, seed=5)
+    histories = []
+    for global_seed in (1, 2):
+        torch.manual_seed(global_seed)
+        np.random.seed(global_seed)
+        random.seed(global_seed)
+        before = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+        trainer = CMTTrainer(small_flow(), gmm40().target(), config)
+        histories.append(comparable(trainer.run()))
+        assert torch.equal(torch.get_rng_state(), before[0])
+        assert np.array_equal(np.random.get_state()[1], before[1]) and random.getstate() == before[2]
+    assert histories[0] == histories[1]
+    assert not hasattr(trainer, "generator") and isinstance(trainer.rng, torch.Generator)
+
+
+def test_checkpoint_rng_of_the_old_format_and_of_another_device():
+    config = CMTConfig(n_steps=2, samples_per_step=64, buffer_size=128, grad_steps_per_step=2, batch_size=32, seed=2)
+    trainer = CMTTrainer(small_flow(), gmm40().target(), config)
+    trainer.run(n_steps=1)
+    state = trainer.state_dict()
+    stream = state["rng"]["rng"]
+    old = dict(state, rng={"torch": torch.get_rng_state(), "cuda": [], "generator": stream})
+    resumed = CMTTrainer(small_flow(), gmm40().target(), config)
+    resumed.load_state_dict(old)
+    assert torch.equal(resumed.rng.get_state(), stream)
+    elsewhere = dict(state, rng={"rng": torch.zeros(16, dtype=torch.uint8), "device": "cuda"})
+    with pytest.warns(RuntimeWarning, match="random stream belongs to cuda"):
+        resumed.load_state_dict(elsewhere)
+    assert resumed.run()[-1]["evaluations"] == 128
+
+
+def test_a_registered_path_is_trained_along():
+    from dataclasses import dataclass
+
+    from openmm_cmt.cmt.paths import AnnealingPath, register_path
+    from openmm_cmt.cmt import PATHS
+
+    @dataclass
+    class HalfwayPath(AnnealingPath):
+        eps_tr: float = 0.5  # read from CMTConfig
+        beta: float = 0.5  # not a CMTConfig field: keeps its default
+
+        def step(self, log_q, log_p, index, init=(1.0, 1.0)):
+            return annealing_step(log_q, log_p, 1.0 - self.beta, self.beta)
+
+    register_path("halfway", HalfwayPath)
+    try:
+        register_path("halfway", HalfwayPath)  # the same class again is a no-op
+        with pytest.raises(ValueError, match="already registered"):
+            register_path("cmt", HalfwayPath)
+        config = CMTConfig(path="halfway", eps_tr=0.25, n_steps=2, samples_per_step=64, buffer_size=128,
+                           grad_steps_per_step=2, batch_size=32)
+        trainer = CMTTrainer(small_flow(), gmm40().target(), config)
+        assert trainer.path == HalfwayPath(eps_tr=0.25, beta=0.5)
+        assert [(r["alpha"], r["beta"]) for r in trainer.run()] == [(0.5, 0.5)] * 2
+    finally:
+        del PATHS["halfway"]
+    with pytest.raises(ValueError, match="path must be one of cmt, trust-region"):
+        CMTConfig(path="halfway")
+    with pytest.raises(ValueError, match="subclass of AnnealingPath"):
+        register_path("gaussian", GaussianFlow)

@@ -84,15 +84,15 @@ def run(args) -> int:
 
 def _bench_preset(molsys, name: str, preset: dict, device: torch.device, args) -> dict:
     from openmm_cmt.cmt.compiled import FlowCalls
-    from openmm_cmt.flows import Generator
+    from openmm_cmt.flows import Generator, GeneratorConfig
 
     batch = int(preset["cmt"]["batch_size"])
     gen_kwargs = dict(preset["generator"], seed=args.seed)
-    torch.manual_seed(args.seed)
-    base = Generator.from_system(molsys, **gen_kwargs).to(device)
+    rng = torch.Generator(device=device).manual_seed(args.seed)
+    base = Generator.from_system(molsys, GeneratorConfig(**gen_kwargs)).to(device)
     with torch.no_grad():
-        x_all, _ = base.sample(max(args.n, batch))
-    weights = torch.softmax(torch.randn(batch, dtype=torch.float64, device=device), 0)
+        x_all, _ = base.sample(max(args.n, batch), rng)
+    weights = torch.softmax(torch.randn(batch, dtype=torch.float64, device=device, generator=rng), 0)
     modes = {}
     for mode in args.modes:
         # Each mode trains its own copy, so both start from the same weights.
@@ -111,7 +111,7 @@ def _bench_preset(molsys, name: str, preset: dict, device: torch.device, args) -
 
     kinds = {
         "train": (lambda m: train_step(m), batch, args.steps),
-        "sample": (lambda m: m["calls"].sample(args.n), args.n, 1),
+        "sample": (lambda m: m["calls"].sample(args.n, rng), args.n, 1),
         "log_prob": (lambda m: m["calls"].log_prob(x_all[: args.n]), args.n, 1),
     }
     n_params = base.n_parameters()

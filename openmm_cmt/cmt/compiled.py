@@ -5,7 +5,7 @@ The trainer makes three kinds of flow calls many times per annealing step:
 * ``loss_and_grads(x, w)``: the weighted forward-KL loss :math:`-\sum_k w_k \log q(x_k)`
   of one minibatch and its gradient with respect to the trainable parameters;
 * ``log_prob(x)``: :math:`\log q` of the whole replay buffer, without gradient;
-* ``sample(n)``: fresh samples and their :math:`\log q`, without gradient.
+* ``sample(n, generator)``: fresh samples and their :math:`\log q`, without gradient.
 
 ``FlowCalls`` runs each through ``torch.compile`` (Inductor) when asked, with fixed
 shapes so that every kind compiles once: the loss only for full minibatches of
@@ -13,7 +13,7 @@ shapes so that every kind compiles once: the loss only for full minibatches of
 ``chunk_size`` rows, the last chunk padded to full size and the padding dropped.
 
 Sampling is compiled only for flows that split it into a random draw and a
-deterministic map (``sample_latent(n)``, ``latent_to_positions(z)``,
+deterministic map (``sample_latent(n, generator)``, ``latent_to_positions(z)``,
 ``prior_log_prob(z)``, as ``openmm_cmt.flows.Generator`` does): the latent draw stays
 eager, so compiled and eager runs consume the random streams identically and draw the
 same samples. Other flows sample eagerly.
@@ -68,7 +68,8 @@ class FlowCalls:
     """The trainer's flow calls, compiled where enabled and verified (module docstring).
 
     Args:
-        flow: a module with ``sample(n) -> (x, log_q)`` and ``log_prob(x) -> [n]``.
+        flow: a module with ``sample(n, generator=None) -> (x, log_q)`` and
+            ``log_prob(x) -> [n]``.
         enabled: compile (True) or always run eagerly (False).
         batch_size: the minibatch size whose loss is compiled.
         chunk_size: rows per compiled ``log_prob`` / sampling call.
@@ -175,11 +176,11 @@ class FlowCalls:
         return self._eager_log_prob(chunk)
 
     @torch.no_grad()
-    def sample(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``flow.sample(n)`` without gradient; the same draws as the eager call."""
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``flow.sample(n, generator)`` without gradient; the same draws as the eager call."""
         if not self.compiled["sample"]:
-            return self.flow.sample(n)
-        z = self.flow.sample_latent(n)
+            return self.flow.sample(n, generator=generator)
+        z = self.flow.sample_latent(n, generator)
         xs, log_qs = [], []
         for start in range(0, n, self.chunk_size):
             chunk = z[start : start + self.chunk_size]

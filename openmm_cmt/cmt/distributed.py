@@ -43,7 +43,6 @@ checkpoint resumes only with the world size that wrote it.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import datetime
 import os
@@ -160,22 +159,6 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return out.to(t.device)
 
 
-@contextlib.contextmanager
-def drawing_from(generator: torch.Generator):
-    """Within the block, torch's default generator of ``generator``'s device draws
-    ``generator``'s stream, which advances; the default generator is left as it was.
-    (Flows sample from the default generator; this gives each process a stream of its own
-    without touching the global one.)"""
-    cuda = generator.device.type == "cuda"
-    with torch.random.fork_rng(devices=[generator.device] if cuda else []):
-        if cuda:
-            torch.cuda.set_rng_state(generator.get_state(), generator.device)
-        else:
-            torch.set_rng_state(generator.get_state())
-        yield
-        generator.set_state(torch.cuda.get_rng_state(generator.device) if cuda else torch.get_rng_state())
-
-
 def check_world_size(trainer_state: dict | None, size: int) -> None:
     """Raise ValueError when a checkpoint's trainer state was written by another number
     of processes than ``size`` (its buffer shards and random streams are per process)."""
@@ -210,11 +193,10 @@ class DistributedCMTTrainer(CMTTrainer):
                                  "processes without samples; raise it or use fewer processes")
         if config.path == "reverse-kl" and min(config.reverse_kl_batches()) < self.world_size:
             raise ValueError(f"reverse_kl_batch_size must be at least the number of processes ({self.world_size})")
-        # The base class seeds its own streams from config.seed: seed + rank makes them per process.
+        # The base class seeds its stream (draws and minibatches) from config.seed: seed + rank
+        # gives every process a stream of its own.
         super().__init__(flow, target, dataclasses.replace(config, seed=config.seed + self.rank))
         self.config = config
-        device = next((p.device for p in flow.parameters()), torch.device("cpu"))
-        self._stream = torch.Generator(device).manual_seed(config.seed + self.rank)
         with torch.no_grad():
             for t in [t for t in (*flow.parameters(), *flow.buffers()) if t.is_floating_point()]:
                 synced = t.detach().clone().to(_comm_device())
@@ -224,9 +206,6 @@ class DistributedCMTTrainer(CMTTrainer):
     # -- the hooks of CMTTrainer --------------------------------------------------------
     def _shard(self, n: int) -> range:
         return shard(n, self.rank, self.world_size)
-
-    def _sampling(self):
-        return drawing_from(self._stream)
 
     def _gather_fresh(self, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         stacked = torch.stack([v.to(values[0].device, torch.float64) for v in values], 1)
@@ -265,8 +244,7 @@ class DistributedCMTTrainer(CMTTrainer):
         ``distributed``: world_size and, per rank, its buffer shard, random states and
         sampling stream. Collective; complete on rank 0 only (``shards`` is None elsewhere)."""
         state = super().state_dict()
-        own = {"buffer": _to_cpu(state.pop("buffer")), "rng": state.pop("rng"),
-               "stream": self._stream.get_state()}
+        own = {"buffer": _to_cpu(state.pop("buffer")), "rng": state.pop("rng")}
         shards = [None] * self.world_size if self.rank == 0 else None
         dist.gather_object(own, shards, dst=0)
         state["distributed"] = {"world_size": self.world_size, "shards": shards}
@@ -276,10 +254,9 @@ class DistributedCMTTrainer(CMTTrainer):
         """Restore a state written by the same number of processes (ValueError otherwise)."""
         check_world_size(state, self.world_size)
         own = state["distributed"]["shards"][self.rank]
-        device = self._stream.device
+        device = self.rng.device
         buffer = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in own["buffer"].items()}
         super().load_state_dict({**state, "buffer": buffer, "rng": own["rng"]})
-        self._stream.set_state(own["stream"])
 
 
 def _to_cpu(tree: dict) -> dict:

@@ -37,7 +37,7 @@ with one warning (``CMTConfig.compile``). Every record carries the seconds spent
 phase, ``phase_s``.
 
 Data parallelism (:mod:`openmm_cmt.cmt.distributed`) overrides the small hooks at the end
-of the class (``_shard``, ``_sampling``, ``_gather_fresh``, ``_own_rows``,
+of the class (``_shard``, ``_gather_fresh``, ``_own_rows``,
 ``_minibatch_weights``, ``_reduce_grads``); in one process they are identities.
 """
 
@@ -46,8 +46,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
-import random
 import time
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -56,7 +56,7 @@ import torch
 from openmm_cmt.cmt.buffer import ReplayBuffer
 from openmm_cmt.cmt.compiled import FlowCalls, compile_available
 from openmm_cmt.cmt.dual import DualSolution, annealing_step
-from openmm_cmt.cmt.paths import check_path, path_step
+from openmm_cmt.cmt.paths import PATHS, check_path, make_path
 from openmm_cmt.metrics.ess import reverse_ess
 
 
@@ -66,7 +66,9 @@ class CMTConfig:
 
     Attributes:
         path: ``cmt``, ``trust-region``, ``entropy``, ``geometric-linear``,
-            ``temperature-ladder`` or ``reverse-kl`` (see :mod:`openmm_cmt.cmt.paths`).
+            ``temperature-ladder``, ``reverse-kl`` or another name in
+            ``openmm_cmt.cmt.paths.PATHS`` (:mod:`openmm_cmt.cmt.paths`); the settings
+            below that a path does not read are ignored by it.
         eps_tr: trust-region radius KL(q_{i+1} || q_i) per step, nats.
         eps_ent: largest entropy drop per step, nats.
         n_steps: annealing steps of ``run()``.
@@ -80,7 +82,8 @@ class CMTConfig:
         grad_clip: largest gradient norm (None: no clipping).
         drop_top_energy_fraction: fraction of each step's fresh samples with the highest
             energy (lowest log p~) kept out of the buffer.
-        seed: seeds torch, numpy and python RNGs at construction.
+        seed: seeds the trainer's own random stream (``CMTTrainer.rng``), from which
+            it draws every sample and minibatch; global RNGs are left alone.
         n_geometric: length of the geometric-linear schedule (None: n_steps).
         t_high_factor, n_temperatures: the temperature ladder, T_high = factor * T down
             to T in n_temperatures geometric rungs.
@@ -141,7 +144,7 @@ class CMTConfig:
             raise ValueError(f"drop_top_energy_fraction must be in [0, 1), got {self.drop_top_energy_fraction}")
         if self.grad_clip is not None and not self.grad_clip > 0:
             raise ValueError(f"grad_clip must be positive or None, got {self.grad_clip}")
-        if self.path == "reverse-kl" and min(self.reverse_kl_batches()) < 2:
+        if PATHS[self.path].reverse_kl and min(self.reverse_kl_batches()) < 2:
             raise ValueError("reverse-kl needs at least 2 samples per iteration (reverse_kl_batch_size)")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
@@ -150,6 +153,7 @@ class CMTConfig:
         for name in ("eps_tr", "eps_ent"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive (nats), got {getattr(self, name)}")
+        make_path(self)  # the path's own settings
 
     def reverse_kl_batches(self) -> list[int]:
         """Samples of each reverse-KL iteration of one step: ``reverse_kl_batch_size``, or
@@ -170,9 +174,10 @@ PHASES = ("sample", "energy", "dual", "buffer", "fit", "checkpoint")
 
 
 class CMTTrainer:
-    """Fits ``flow`` (``sample(n) -> (x, log_q)``, ``log_prob(x) -> [B]``; x with any
-    per-sample shape) to ``target`` (``log_prob``, ``n_evaluations``) along
-    ``config.path``; see the module docstring for one step.
+    """Fits ``flow`` (``sample(n, generator=None) -> (x, log_q)`` drawing from the given
+    ``torch.Generator``, ``log_prob(x) -> [B]``; x with any per-sample shape) to
+    ``target`` (``log_prob``, ``n_evaluations``) along ``config.path``; see the module
+    docstring for one step.
 
     Attributes:
         history: one dict per annealing step: step, path, lam, eta, alpha, beta, kl,
@@ -183,6 +188,9 @@ class CMTTrainer:
             writes checkpoints adds its time).
         n_evaluations: target evaluations made by this trainer (survives resume).
         calls: the flow calls of the hot loops (compiled or eager, ``FlowCalls``).
+        path: the annealing path (:class:`~openmm_cmt.cmt.paths.AnnealingPath`).
+        rng: ``torch.Generator`` on the flow's device, seeded with ``config.seed``: every
+            sample and minibatch of the run is drawn from it (saved in checkpoints).
     """
 
     def __init__(self, flow: torch.nn.Module, target, config: CMTConfig | None = None):
@@ -190,10 +198,8 @@ class CMTTrainer:
         if not (hasattr(target, "log_prob") and hasattr(target, "n_evaluations")):
             raise ValueError("target must have log_prob(x) and n_evaluations (see openmm_cmt.cmt.target)")
         self.flow, self.target = flow, target
-        torch.manual_seed(config.seed)
-        np.random.seed(config.seed % 2**32)
-        random.seed(config.seed)
-        self.generator = torch.Generator().manual_seed(config.seed)
+        self.path = make_path(config)
+        self.rng = torch.Generator(device=self._device()).manual_seed(config.seed)
         params = [p for p in flow.parameters() if p.requires_grad]
         opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -221,8 +227,11 @@ class CMTTrainer:
         c = self.config
         if c.compile != "auto":
             return bool(c.compile)
-        device = next((p.device for p in self.flow.parameters()), torch.device("cpu"))
+        device = self._device()
         return device.type == "cuda" and compile_available(device) and self.total_grad_steps >= AUTO_COMPILE_MIN_GRAD_STEPS
+
+    def _device(self) -> torch.device:
+        return next((p.device for p in self.flow.parameters()), torch.device("cpu"))
 
     @contextlib.contextmanager
     def _timing(self, phase: str):
@@ -249,7 +258,7 @@ class CMTTrainer:
         """One annealing step; returns (and appends to ``history``) its record."""
         t0 = time.perf_counter()
         self._phase = dict.fromkeys(PHASES, 0.0)
-        if self.config.path == "reverse-kl":
+        if self.path.reverse_kl:
             solution, losses = self._reverse_kl_step()
         else:
             solution, losses = self._annealing_step()
@@ -276,8 +285,8 @@ class CMTTrainer:
 
     def _annealing_step(self) -> tuple[DualSolution, list[float]]:
         c = self.config
-        with self._timing("sample"), self._sampling():
-            x, log_q_gen = self.calls.sample(len(self._shard(c.samples_per_step)))
+        with self._timing("sample"):
+            x, log_q_gen = self.calls.sample(len(self._shard(c.samples_per_step)), self.rng)
         with torch.no_grad():
             log_p = self._log_p(x)
         log_q_gen = log_q_gen.detach().to(torch.float64)
@@ -287,11 +296,7 @@ class CMTTrainer:
             all_q, all_p = self._gather_fresh(log_q_gen, log_p)
             # How far the current flow is from the target itself, on samples already paid for.
             self._reverse_ess = reverse_ess(all_p - all_q)
-            solution = path_step(
-                c.path, all_q, all_p, self.step_index, eps_tr=c.eps_tr, eps_ent=c.eps_ent,
-                n_geometric=c.n_geometric or c.n_steps, t_high_factor=c.t_high_factor,
-                n_temperatures=c.n_temperatures, init=self._init,
-            )
+            solution = self.path.step(all_q, all_p, self.step_index, init=self._init)
         with self._timing("buffer"):
             n_drop = int(math.floor(c.drop_top_energy_fraction * all_p.shape[0]))
             keep = torch.argsort(all_p, descending=True, stable=True)[: all_p.shape[0] - n_drop].sort().values
@@ -335,17 +340,20 @@ class CMTTrainer:
         losses = []
         n = buf_x.shape[0]
         batch_size = len(self._shard(c.batch_size))
-        order = torch.randperm(n, generator=self.generator)
+        order = self._permutation(n)
         cursor = 0
         for _ in range(c.grad_steps_per_step):
             if cursor + min(batch_size, n) > n:
-                order, cursor = torch.randperm(n, generator=self.generator), 0
+                order, cursor = self._permutation(n), 0
             idx = order[cursor : cursor + batch_size]
             cursor += idx.numel()
             weights = self._minibatch_weights(log_w[idx])
             loss, grads = self.calls.loss_and_grads(buf_x[idx], weights)
             losses.append(self._apply(loss, grads))
         return losses
+
+    def _permutation(self, n: int) -> torch.Tensor:
+        return torch.randperm(n, generator=self.rng, device=self.rng.device)
 
     def buffer_log_weights(self, solution: DualSolution) -> torch.Tensor:
         """log q_{i+1}(x) - log q_gen(x) for every buffer sample, with q_i the current
@@ -358,8 +366,8 @@ class CMTTrainer:
         c = self.config
         losses, solution = [], None
         for batch in c.reverse_kl_batches():
-            with self._timing("sample"), self._sampling():
-                x, log_q = self.flow.sample(len(self._shard(batch)))
+            with self._timing("sample"):
+                x, log_q = self.flow.sample(len(self._shard(batch)), generator=self.rng)
             log_p = self._log_p(x)
             log_q = log_q.to(torch.float64)
             if solution is None:
@@ -403,10 +411,6 @@ class CMTTrainer:
         """The rows of a global batch of ``n`` samples that this process handles."""
         return range(n)
 
-    def _sampling(self):
-        """Context in which this process draws its fresh samples."""
-        return contextlib.nullcontext()
-
     def _gather_fresh(self, *values: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Per-sample vectors of this process's fresh samples -> the same over all samples."""
         return values
@@ -438,8 +442,6 @@ class CMTTrainer:
     def state_dict(self) -> dict:
         """Everything needed to continue bit-for-bit (tensors and plain python only, so it
         loads with ``torch.load(weights_only=True)``)."""
-        np_state = np.random.get_state()
-        py_version, py_state, py_gauss = random.getstate()
         return {
             "config": dataclasses.asdict(self.config),
             "flow": self.flow.state_dict(),
@@ -453,18 +455,7 @@ class CMTTrainer:
             "init": list(self._init),
             "optimised": None if self._optimised is None else [q.clone() for q in self._optimised],
             "history": [dict(r) for r in self.history],
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else [],
-                "generator": self.generator.get_state(),
-                "numpy": {
-                    "key": torch.from_numpy(np_state[1].astype(np.int64)),
-                    "pos": int(np_state[2]),
-                    "has_gauss": int(np_state[3]),
-                    "cached_gaussian": float(np_state[4]),
-                },
-                "python": {"version": py_version, "state": torch.tensor(py_state, dtype=torch.int64), "gauss": py_gauss},
-            },
+            "rng": {"rng": self.rng.get_state(), "device": self.rng.device.type},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -486,12 +477,19 @@ class CMTTrainer:
             for q, saved in zip(self._optimised, state["optimised"]):
                 q.copy_(saved)
         self.history = [dict(r) for r in state["history"]]
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.generator.set_state(rng["generator"])
-        n = rng["numpy"]
-        np.random.set_state(("MT19937", n["key"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-        p = rng["python"]
-        random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+        self._load_rng(state["rng"])
+
+    def _load_rng(self, saved: dict) -> None:
+        # Checkpoints of earlier versions hold the (CPU) minibatch stream as "generator".
+        rng_state, device = (saved["rng"], saved["device"]) if "rng" in saved else (saved["generator"], "cpu")
+        if device == self.rng.device.type:
+            self.rng.set_state(rng_state)
+            return
+        # A CPU stream cannot continue on CUDA or the reverse; a fresh, reproducible one can.
+        warnings.warn(
+            f"the checkpoint's random stream belongs to {device}, the trainer runs on {self.rng.device.type}: "
+            f"continuing with a stream seeded from (seed, step) = ({self.config.seed}, {self.step_index}), "
+            "so the run will not repeat the draws of an uninterrupted one",
+            RuntimeWarning, stacklevel=3,
+        )
+        self.rng.manual_seed(hash((self.config.seed, self.step_index)) % 2**63)

@@ -29,9 +29,9 @@ def run(args) -> int:
     from openmm_cmt.sampler import BoltzmannGeneratorSampler
 
     sampler = BoltzmannGeneratorSampler.load(args.run, device=args.device, trust_run=args.trust_run)
-    torch.manual_seed(args.seed)
     n = args.n_samples or sampler.config.eval_samples
-    m = evaluate(sampler, args.run, n_samples=n, reference=args.reference, bins=args.bins, n_draws=args.draws)
+    m = evaluate(sampler, args.run, n_samples=n, reference=args.reference, bins=args.bins, n_draws=args.draws,
+                 generator=torch.Generator(sampler.device).manual_seed(args.seed))
     _print_metrics(m)
     for line in summary_lines(m):
         print(line)

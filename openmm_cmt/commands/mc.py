@@ -70,7 +70,6 @@ def run(args) -> int:
     except CheckpointError as err:
         print(f"openmm-cmt mc: error: {err}", file=sys.stderr)
         return 2
-    torch.manual_seed(args.seed)
     energy = _energy_engine(sampler.molsys, args.energy, args.device, not args.no_compile)
     chains = ManyChainHybridMC(
         sampler.molsys, sampler.generator, args.n_chains, md_steps=args.md_steps, timestep=args.timestep,

@@ -29,8 +29,7 @@ def run(args) -> int:
 
     trajectory_format(args.out)  # an unknown extension fails before any work
     sampler = BoltzmannGeneratorSampler.load(args.run, device=args.device, trust_run=args.trust_run)
-    torch.manual_seed(args.seed)
-    s = sampler.sample(args.n)
+    s = sampler.sample(args.n, generator=torch.Generator(sampler.device).manual_seed(args.seed))
     written = s.save(args.out)
     ok = np.isfinite(s.log_weights)
     print(f"{args.n} samples -> {' + '.join(written)}; reverse ESS {reverse_ess(s.log_weights[ok]) * ok.mean():.4f}")

@@ -207,7 +207,11 @@ def _train(args, out: str) -> int:
     if args.no_evaluate:
         say(f"run saved in {out}; evaluate with: openmm-cmt evaluate {out}")
     elif is_main():
-        m = evaluate(sampler, out, n_samples=sampler.config.eval_samples, reference=args.reference)
+        import torch
+
+        # The draws of the final metrics follow from the run's seed, as its training does.
+        draws = torch.Generator(sampler.device).manual_seed(sampler.config.cmt_config().seed)
+        m = evaluate(sampler, out, n_samples=sampler.config.eval_samples, reference=args.reference, generator=draws)
         _print_metrics(m)
         say(f"report: {os.path.join(out, 'report.html')}")
     sampler.close()

@@ -2,17 +2,19 @@
 
 from openmm_cmt.flows.coupling import BOUNDED, CIRCULAR, UNBOUNDED, SplineCoupling, SplineFlow, TorsionShift, coupling_masks, maybe_compile
 from openmm_cmt.flows.euclidean import EuclideanFlow
-from openmm_cmt.flows.generator import PRESETS, Generator
+from openmm_cmt.flows.config import FLOW_SIZES, GeneratorConfig
+from openmm_cmt.flows.generator import Generator
 from openmm_cmt.flows.priors import IndependentPrior
 
 __all__ = [
     "BOUNDED",
     "CIRCULAR",
     "UNBOUNDED",
+    "FLOW_SIZES",
     "EuclideanFlow",
     "Generator",
+    "GeneratorConfig",
     "IndependentPrior",
-    "PRESETS",
     "SplineCoupling",
     "SplineFlow",
     "TorsionShift",

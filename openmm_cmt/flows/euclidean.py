@@ -78,10 +78,11 @@ class EuclideanFlow(nn.Module):
         return z, logdet - self.log_scale
 
     @torch.jit.export
-    def sample(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(x [n, dim], log q(x) [n])``, reparameterised: differentiable w.r.t. the
-        flow parameters (for reverse KL)."""
-        z = self.prior.sample(n)
+        flow parameters (for reverse KL). Draws from ``generator`` (default: torch's
+        global RNG)."""
+        z = self.prior.sample(n, generator)
         x, logdet = self.forward(z)
         return x, self.prior.log_prob(z) - logdet
 

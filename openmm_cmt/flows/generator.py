@@ -12,7 +12,8 @@ For a System with m bond-length constraints (``constraints=HBonds`` or ``AllBond
 each constrained bond is a Z-matrix bond held at the System's distance and is not a
 flow coordinate (:mod:`openmm_cmt.coordinates.constraints`); without constraints m = 0.
 
-Dimension kinds and the IC scaling (``from_system``), around the reference structure
+Dimension kinds and the IC scaling (``from_system``, settings in
+:class:`~openmm_cmt.flows.config.GeneratorConfig`), around the reference structure
 (the MolecularSystem's positions, a minimum):
 
 * bonds: BOUNDED, ``[b_ref - bond_width, b_ref + bond_width]`` (low end at least
@@ -57,14 +58,16 @@ units, a flipped stereocentre, coincident atoms, non-finite values) get
 ``log_prob = -inf``, never NaN; within the tolerance they are clamped to the boundary.
 """
 
+import dataclasses
 import math
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from openmm_cmt.coordinates.constraints import ConstraintMetric
+from openmm_cmt.flows.config import GeneratorConfig
 from openmm_cmt.flows.coupling import BOUNDED, CIRCULAR, SplineFlow
 from openmm_cmt.flows.priors import IndependentPrior
 
@@ -77,14 +80,6 @@ SUPPORT_TOLERANCE = 1e-4
 #: off the constraint manifold (density 0). Loose enough for positions written to a PDB
 #: file (1e-4 nm rounding on a 0.1 nm X-H bond), tight against unconstrained samples.
 CONSTRAINT_TOLERANCE = 5e-3
-
-#: Flow sizes. "gpu" is close to TA-BG (8 ALL->ALL blocks and their
-#: reverses, MLP 5 x 256, 8 bins; 7.4 M parameters for alanine dipeptide); "cpu" is a
-#: laptop-sized default (0.94 M parameters for alanine dipeptide).
-PRESETS: Dict[str, Dict[str, int]] = {
-    "cpu": {"n_layers": 8, "hidden": 128, "depth": 2},
-    "gpu": {"n_layers": 16, "hidden": 256, "depth": 5},
-}
 
 
 class Generator(nn.Module):
@@ -104,8 +99,9 @@ class Generator(nn.Module):
         metric: ``ConstraintMetric``, 0.5 log det G_M of the constraints.
         temperature: K, the MolecularSystem's.
         elements, atom_names: per atom, in the System's order.
-        build_config: the keyword arguments of ``from_system`` (rebuild, then
-            ``load_state_dict``).
+        build_config: the ``GeneratorConfig`` it was built with, flow size filled in,
+            as a dict (rebuild with ``from_system(molsys, GeneratorConfig(**build_config))``,
+            then ``load_state_dict``).
     """
 
     __jit_ignored_attributes__ = ["build_config"]
@@ -202,50 +198,16 @@ class Generator(nn.Module):
     # -- construction ----------------------------------------------------------------
 
     @classmethod
-    def from_system(
-        cls,
-        molsys,
-        preset: str = "cpu",
-        n_layers: Optional[int] = None,
-        hidden: Optional[int] = None,
-        depth: Optional[int] = None,
-        n_bins: int = 8,
-        masking: str = "all2all",
-        torsion_shifts: bool = True,
-        seed: int = 0,
-        fix_methyl_permutation: bool = False,
-        bond_width: float = 0.04,
-        angle_width: float = 0.6,
-        prior: str = "truncated_normal",
-        prior_sigma: float = 0.5,
-        zmatrix=None,
-        scaling: str = "fixed",
-        width_factor: float = 10.0,
-    ) -> "Generator":
+    def from_system(cls, molsys, config: Optional[GeneratorConfig] = None, *, zmatrix=None) -> "Generator":
         """A fresh generator for ``molsys`` (an ``openmm_cmt.systems.MolecularSystem``).
 
         Args:
-            preset: ``"cpu"`` or ``"gpu"`` (``PRESETS``); ``n_layers``, ``hidden`` and
-                ``depth`` override it.
-            n_layers: coupling layers (``"all2all"`` pairs a random split with its reverse).
-            hidden, depth: conditioner MLP width and hidden-layer count.
-            n_bins: spline bins.
-            masking: ``"all2all"``, ``"alternating"`` or ``"random"``.
-            torsion_shifts: fixed random phase shifts of the torsions between layers.
-            seed: seeds masks, shifts and initial weights.
-            fix_methyl_permutation: keep equivalent terminal hydrogens from swapping
-                labels (constrains their improper dihedrals, as for stereocentres).
-            bond_width: nm, half-width of each bond's interval around the reference.
-            angle_width: rad, half-width of each angle's interval (cut inside (0, pi)).
-            prior: ``"truncated_normal"`` or ``"uniform"`` for the bounded dimensions.
-            prior_sigma: standard deviation of the truncated normal in scaled units.
+            config: the architecture and IC scaling (``GeneratorConfig``; default
+                ``GeneratorConfig()``).
             zmatrix: optional ``[N, 4]`` Z-matrix overriding ``build_zmatrix``.
-            scaling: ``"fixed"`` (the widths above) or ``"harmonic"``: widths from the
-                energy's curvature at the reference, impropers bounded
-                (:mod:`openmm_cmt.flows.scaling`; 2D + 1 exact energy evaluations).
-            width_factor: harmonic half-width in conditional standard deviations.
 
-        A fresh flow is the identity, so the generator starts as its prior.
+        A fresh flow is the identity, so the generator starts as its prior. Its
+        ``build_config`` is ``config`` with the flow size filled in, as a dict.
 
         Raises ValueError for a System it would sample wrongly
         (:func:`openmm_cmt.systems.support.check_supported`: periodic, explicit solvent,
@@ -256,27 +218,22 @@ class Generator(nn.Module):
         from openmm_cmt.systems.support import check_supported
 
         check_supported(molsys.system, molsys.topology)
-
-        if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; expected one of {sorted(PRESETS)}")
-        if not bond_width > 0 or not angle_width > 0:
-            raise ValueError(f"bond_width and angle_width must be positive, got {bond_width}, {angle_width}")
-        size = dict(PRESETS[preset])
-        for key, value in (("n_layers", n_layers), ("hidden", hidden), ("depth", depth)):
-            if value is not None:
-                size[key] = int(value)
+        config = GeneratorConfig() if config is None else config
+        if not isinstance(config, GeneratorConfig):
+            raise ValueError(f"config must be a GeneratorConfig, got {type(config).__name__}")
+        c = config.sized()
         if zmatrix is None:
             transform = InternalCoordinateTransform.from_topology(
-                molsys.topology, molsys.positions, fix_methyl_permutation=fix_methyl_permutation
+                molsys.topology, molsys.positions, fix_methyl_permutation=c.fix_methyl_permutation
             )
         else:
             transform = InternalCoordinateTransform(
-                zmatrix, molsys.positions, as_molecule_graph(molsys.topology), fix_methyl_permutation
+                zmatrix, molsys.positions, as_molecule_graph(molsys.topology), c.fix_methyl_permutation
             )
         fixed, lengths, metric = _constraints_of(molsys, transform)
-        if scaling == "fixed":
-            kinds, centre, half_width = ic_scaling(transform, bond_width, angle_width)
-        elif scaling == "harmonic":
+        if c.scaling == "fixed":
+            kinds, centre, half_width = ic_scaling(transform, c.bond_width, c.angle_width)
+        elif c.scaling == "harmonic":
             from openmm_cmt.energy.openmm_energy import OpenMMEnergy
             from openmm_cmt.flows.scaling import harmonic_scaling
 
@@ -284,10 +241,10 @@ class Generator(nn.Module):
             # Exact energies in-process: a worker pool would cost more to start than 2D + 1 evaluations.
             with OpenMMEnergy(molsys, platform="Reference", n_workers=0) as engine:
                 kinds, centre, half_width = harmonic_scaling(
-                    transform, engine.reduced_energy, graph.bonds, graph.elements, width_factor, fixed=(fixed, lengths)
+                    transform, engine.reduced_energy, graph.bonds, graph.elements, c.width_factor, fixed=(fixed, lengths)
                 )
         else:
-            raise ValueError(f"scaling must be 'fixed' or 'harmonic', got {scaling!r}")
+            raise ValueError(f"scaling must be 'fixed' or 'harmonic', got {c.scaling!r}")
         held = set(fixed.tolist())
         free = [i for i in range(transform.dim) if i not in held]
         kinds = [kinds[i] for i in free]
@@ -297,10 +254,10 @@ class Generator(nn.Module):
                 f"{molsys.name}: only {len(free)} internal coordinate(s) remain free after {len(fixed)} "
                 "constrained bonds; a coupling flow needs at least 2"
             )
-        flow = SplineFlow(kinds, size["n_layers"], size["hidden"], size["depth"], n_bins, masking, torsion_shifts, seed=seed)
+        flow = SplineFlow(kinds, c.n_layers, c.hidden, c.depth, c.n_bins, c.masking, c.torsion_shifts, seed=c.seed)
         generator = cls(
             flow,
-            IndependentPrior(kinds, bounded=prior, sigma=prior_sigma),
+            IndependentPrior(kinds, bounded=c.prior, sigma=c.prior_sigma),
             transform,
             centre,
             half_width,
@@ -311,11 +268,7 @@ class Generator(nn.Module):
             torch.as_tensor(lengths),
             metric,
         )
-        generator.build_config = dict(
-            preset=preset, n_bins=n_bins, masking=masking, torsion_shifts=torsion_shifts, seed=seed,
-            fix_methyl_permutation=fix_methyl_permutation, bond_width=bond_width, angle_width=angle_width,
-            prior=prior, prior_sigma=prior_sigma, scaling=scaling, width_factor=width_factor, **size,
-        )  # fmt: skip
+        generator.build_config = dataclasses.asdict(c)
         return generator
 
     # -- maps ------------------------------------------------------------------------
@@ -364,19 +317,20 @@ class Generator(nn.Module):
         return z, torch.where(outside, torch.full_like(logdet, -math.inf), logdet)
 
     @torch.jit.export
-    def sample_latent(self, n: int) -> torch.Tensor:
-        """``[n, D]`` draws from the prior."""
-        return self.prior.sample(n)
+    def sample_latent(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``[n, D]`` draws from the prior, from ``generator`` (default: torch's global RNG)."""
+        return self.prior.sample(n, generator)
 
     @torch.jit.export
     def prior_log_prob(self, z: torch.Tensor) -> torch.Tensor:
         return self.prior.log_prob(z)
 
     @torch.jit.export
-    def sample(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         """``(x [n, N, 3] nm, log_q [n])``; reparameterised (differentiable w.r.t. the
-        flow parameters)."""
-        z = self.prior.sample(n)
+        flow parameters). Draws from ``generator`` (a ``torch.Generator`` on the
+        generator's device; default: torch's global RNG)."""
+        z = self.prior.sample(n, generator)
         x, logdet = self.latent_to_positions(z)
         return x, self.prior.log_prob(z) - logdet
 

@@ -15,7 +15,7 @@ them reparameterised.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -61,20 +61,21 @@ class IndependentPrior(nn.Module):
         )
         self.register_buffer("anchor", torch.zeros(0))
 
-    def sample(self, n: int) -> torch.Tensor:
-        """``[n, dim]`` latent samples (no gradient)."""
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """``[n, dim]`` latent samples (no gradient), drawn from ``generator`` (a
+        ``torch.Generator`` on the prior's device; default: torch's global RNG)."""
         if n < 0:
             raise ValueError(f"number of samples must be non-negative, got {n}")
         ref = self.anchor
         with torch.no_grad():
-            u = torch.rand(n, self.dim, dtype=ref.dtype, device=ref.device) * 2.0 - 1.0
+            u = torch.rand(n, self.dim, dtype=ref.dtype, device=ref.device, generator=generator) * 2.0 - 1.0
             if self.truncated_normal:
                 # erfinv(+-1) is infinite: keep u strictly inside (-a, a).
                 bounded = self.sigma * math.sqrt(2.0) * torch.erfinv(u * self.erf_bound)
                 bounded = torch.clamp(bounded, -1.0, 1.0)
             else:
                 bounded = u
-            normal = torch.randn(n, self.dim, dtype=ref.dtype, device=ref.device)
+            normal = torch.randn(n, self.dim, dtype=ref.dtype, device=ref.device, generator=generator)
             z = torch.where(self.is_bounded, bounded, normal)
             z = torch.where(self.is_circular, u * math.pi, z)
         return z

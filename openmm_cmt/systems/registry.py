@@ -1,10 +1,26 @@
-"""Named systems: every CLI SYSTEM argument resolves through ``get``."""
+"""Named systems: every CLI SYSTEM argument resolves through ``get``.
+
+Besides the built-in systems (``register``), installed packages add systems through the
+entry-point group ``openmm_cmt.systems``: each entry point names a system and points at a
+factory returning a ``MolecularSystem`` (called with ``temperature=`` when the command
+line gives one), as openmm-ml finds its potentials. In a package's ``pyproject.toml``::
+
+    [project.entry-points."openmm_cmt.systems"]
+    chignolin = "my_package.systems:chignolin"
+
+The factory's module is imported only when its system is asked for. A registered name
+takes precedence over an entry point of the same name.
+"""
 
 from __future__ import annotations
 
+from importlib.metadata import entry_points
 from typing import Callable
 
 from openmm_cmt.systems.molecular_system import MolecularSystem
+
+#: The entry-point group of systems from other packages.
+ENTRY_POINT_GROUP = "openmm_cmt.systems"
 
 _REGISTRY: dict[str, Callable[..., MolecularSystem]] = {}
 
@@ -14,20 +30,39 @@ def register(name: str, factory: Callable[..., MolecularSystem]) -> None:
     _REGISTRY[name] = factory
 
 
+def _entry_points() -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
 def names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Registered system names and those of the ``openmm_cmt.systems`` entry points."""
+    return sorted(set(_REGISTRY) | set(_entry_points()))
 
 
 def get(name: str, **kwargs) -> MolecularSystem:
-    """The MolecularSystem registered as ``name``.
+    """The MolecularSystem registered as ``name``, or else provided by the entry point
+    ``name`` of the group ``openmm_cmt.systems``.
 
-    Raises KeyError listing the known names when ``name`` is not registered.
+    Raises KeyError listing the known names when ``name`` is neither, and ValueError when
+    an entry point does not load or its factory returns something else than a
+    MolecularSystem.
     """
+    if name in _REGISTRY:
+        return _REGISTRY[name](**kwargs)
+    ep = _entry_points().get(name)
+    if ep is None:
+        raise KeyError(f"unknown system {name!r}; known systems: {', '.join(names())}")
+    where = f"system {name!r} of entry point {ep.value!r} (group {ENTRY_POINT_GROUP})"
     try:
-        factory = _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown system {name!r}; known systems: {', '.join(names())}") from None
-    return factory(**kwargs)
+        factory = ep.load()
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"{where} does not load: {err}") from err
+    if not callable(factory):
+        raise ValueError(f"{where} is not a callable returning a MolecularSystem, got {factory!r}")
+    molsys = factory(**kwargs)
+    if not isinstance(molsys, MolecularSystem):
+        raise ValueError(f"{where} returned {type(molsys).__name__}, not a MolecularSystem")
+    return molsys
 
 
 def resolve(spec: str, forcefield_files=None, temperature: float | None = None, implicit_solvent=None,

@@ -11,12 +11,30 @@ native ones in ``bonded``, ``nonbonded`` and ``obc``, Custom*Force ones in ``cus
 ``custom_groups`` and ``cv``; tabulated functions in ``tabulated``. Periodic systems
 (CutoffPeriodic, periodic Custom forces) use minimum images in the System's fixed
 default box.
+
+Extending: ``register_builder(force_class_name, builder)`` compiles another force class
+(a plugin force, or one listed as unsupported) with your builder, e.g.::
+
+    class RadiusOfGyration(torch.nn.Module):
+        def __init__(self, atoms):
+            super().__init__()
+            self.register_buffer("atoms", torch.as_tensor(atoms))
+
+        def forward(self, x):
+            x = x[:, self.atoms]
+            return (x - x.mean(1, keepdim=True)).square().sum(-1).mean(1).sqrt().double()
+
+    register_builder("RGForce", lambda force, system, dtype: RadiusOfGyration(list(force.getParticles())
+                                                                               or range(system.getNumParticles())))
+
+``unregister_builder`` removes it again.
 """
 
 from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
-from openmm_cmt.energy.torch_energy.module import TorchEnergy, builders, time_terms
+from openmm_cmt.energy.torch_energy.module import TorchEnergy, builders, register_builder, time_terms, unregister_builder
 
-__all__ = ["TorchEnergy", "TorchEnergyEngine", "UnsupportedSystemError", "builders", "time_terms"]
+__all__ = ["TorchEnergy", "TorchEnergyEngine", "UnsupportedSystemError", "builders", "register_builder", "time_terms",
+           "unregister_builder"]
 
 
 def __getattr__(name):

@@ -8,6 +8,10 @@ force groups select terms in an OpenMM Context, and here every term always count
 
 Constraints are ignored (they do not change the potential energy). Everything the
 builders cannot express is collected and raised once as ``UnsupportedSystemError``.
+
+The table of builders is open: ``register_builder(force_class_name, builder)`` adds one
+(for a plugin force, or a force class TorchEnergy does not compile itself), used by
+every TorchEnergy built afterwards, CustomCVForce variables included.
 """
 
 from __future__ import annotations
@@ -81,14 +85,64 @@ PERIODIC_BUILDERS = {"NonbondedForce", "GBSAOBCForce", "HarmonicBondForce", "Har
                      "CustomCVForce", "CustomExternalForce", "CustomCentroidBondForce"}
 
 
+#: Builders added with ``register_builder``, by force class name.
+_REGISTERED: dict[str, Builder] = {}
+_REGISTERED_PERIODIC: set[str] = set()
+
+
+def register_builder(force_class_name: str, builder: Builder, *, periodic: bool = False, replace: bool = False) -> None:
+    """Compile forces of class ``force_class_name`` with ``builder`` from now on.
+
+    Parameters
+    ----------
+    force_class_name
+        ``type(force).__name__`` of the OpenMM force, e.g. a plugin's force class.
+    builder
+        ``builder(force, system, dtype) -> nn.Module | None``: a TorchScript-able module
+        mapping positions ``[B, N, 3]`` (nm, ``dtype``) to energies ``[B]`` (kJ/mol), or
+        None for a force without energy. It may raise ``UnsupportedSystemError`` for
+        settings it cannot express.
+    periodic
+        whether the term handles periodic boundary conditions itself (minimum images in
+        the System's default box); otherwise a periodic force of this class is refused.
+    replace
+        allow replacing an existing builder of the class (a built-in one included).
+
+    Raises ValueError for a builder that is not callable or a class that already has a
+    builder (unless ``replace``). ``unregister_builder`` undoes a registration.
+    """
+    if not (isinstance(force_class_name, str) and force_class_name.isidentifier()):
+        raise ValueError(f"force_class_name must be a class name such as 'RGForce', got {force_class_name!r}")
+    if not callable(builder):
+        raise ValueError(f"the builder of {force_class_name} must be callable(force, system, dtype), got {builder!r}")
+    if force_class_name in builders() and not replace:
+        raise ValueError(f"{force_class_name} already has a builder; pass replace=True to replace it")
+    _REGISTERED[force_class_name] = builder
+    if periodic:
+        _REGISTERED_PERIODIC.add(force_class_name)
+    else:
+        _REGISTERED_PERIODIC.discard(force_class_name)
+
+
+def unregister_builder(force_class_name: str) -> None:
+    """Remove the builder registered for ``force_class_name`` (a built-in one it replaced
+    applies again). Raises ValueError when none is registered."""
+    if force_class_name not in _REGISTERED:
+        raise ValueError(f"no builder is registered for {force_class_name!r}; registered: {sorted(_REGISTERED)}")
+    del _REGISTERED[force_class_name]
+    _REGISTERED_PERIODIC.discard(force_class_name)
+
+
 def builders() -> dict[str, Builder]:
     """Builders by OpenMM force class name: the native ones, the Lepton-compiled
-    Custom*Force ones (``custom``, ``custom_groups``) and CustomCVForce (``cv``)."""
+    Custom*Force ones (``custom``, ``custom_groups``), CustomCVForce (``cv``) and those
+    added with ``register_builder`` (which take precedence)."""
     table = dict(_NATIVE_BUILDERS)
     table.update(CUSTOM_BUILDERS)
     table.update(GROUP_BUILDERS)
     # CustomCVForce compiles its variables with this very table.
     table["CustomCVForce"] = custom_cv_builder(compile_force)
+    table.update(_REGISTERED)
     return table
 
 
@@ -109,7 +163,8 @@ def compile_force(force: openmm.Force, system: openmm.System, dtype: torch.dtype
         term = builder(force, system, dtype)
     except UnsupportedSystemError as err:
         return None, [f"{label}: {p}" for p in err.problems]
-    if force.usesPeriodicBoundaryConditions() and kind not in PERIODIC_BUILDERS:
+    periodic = (PERIODIC_BUILDERS - set(_REGISTERED)) | _REGISTERED_PERIODIC
+    if force.usesPeriodicBoundaryConditions() and kind not in periodic:
         return None, [f"{label}: uses periodic boundary conditions"]
     return term, []
 
