@@ -55,7 +55,7 @@ def _modules() -> dict[str, tuple[pathlib.Path, list[str]]]:
 MODULES = _modules()
 
 
-def _targets(node, package: list[str]) -> list[str]:
+def _targets(node, package: list[str], lazy: bool) -> list[str]:
     if isinstance(node, ast.Import):
         return [alias.name for alias in node.names]
     if isinstance(node, ast.ImportFrom):
@@ -68,9 +68,10 @@ def _targets(node, package: list[str]) -> list[str]:
             sub = f"{base}.{alias.name}"
             out.append(sub if sub in MODULES else base)
         return out
-    # Module names in strings (lazy ``import_module`` tables); the bare package name is a
-    # common string of its own (file groups, logger names) and no lazy import target.
-    if isinstance(node, ast.Constant) and isinstance(node.value, str) and "." in node.value and node.value in MODULES:
+    # Module names in strings are imports in modules that import by name (lazy
+    # ``import_module`` tables); elsewhere such a string is a name of its own (an
+    # entry-point group, a file group).
+    if lazy and isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in MODULES:
         return [node.value]
     return []
 
@@ -80,8 +81,9 @@ def _graph() -> dict[str, dict[str, int]]:
     graph = {}
     for name, (path, package) in MODULES.items():
         edges = {}
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            for target in _targets(node, package):
+        text = path.read_text()
+        for node in ast.walk(ast.parse(text, str(path))):
+            for target in _targets(node, package, "import_module" in text):
                 # `import openmm_cmt.a.b` loads the innermost existing module
                 while target and target not in MODULES:
                     target = target.rpartition(".")[0]
