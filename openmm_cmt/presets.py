@@ -1,8 +1,8 @@
 """Training presets: one named bundle of generator, CMT and engine settings each.
 
-- ``laptop``: a 2-core CPU, about 8 minutes of training on alanine dipeptide (``make demo``;
-  reverse ESS 61 % median over five draws of 100k samples, minimum 61 %, Pareto k 0.35;
-  BENCHMARKS.md). Larger annealing steps (eps_tr = 2) and twice the samples per step in
+- ``laptop``: a 2-core CPU, 8-12 minutes of training on alanine dipeptide (``make demo``;
+  reverse ESS 61 % median over five draws of 100k samples, minimum 52-61 %, Pareto k
+  below 0.4; BENCHMARKS.md). Larger annealing steps (eps_tr = 2) and twice the samples per step in
   a buffer of four steps, at half the gradient steps of earlier settings. At this flow
   size the ESS levels off near 0.63 whatever the data, bins or annealing speed.
 - ``cpu``: a 2-core CPU for about an hour: a 10-layer, 128-wide flow (past the laptop
