@@ -52,8 +52,6 @@ def _energy_engine(molsys, kind: str, device: str, compile_: bool):
 
 
 def run(args) -> int:
-    import torch
-
     from openmm_cmt.io import CheckpointError
     from openmm_cmt.mcmc.many_chains import ManyChainHybridMC
     from openmm_cmt.sampler import BoltzmannGeneratorSampler
