@@ -20,6 +20,7 @@ from openmm_cmt.flows import (
 )
 from openmm_cmt.flows.splines import (
     circular_rational_quadratic_spline,
+    interval_rational_quadratic_spline,
     rational_quadratic_spline,
     unbounded_rational_quadratic_spline,
 )
@@ -156,6 +157,40 @@ def test_circular_spline_is_continuous_with_matching_slopes_across_pi():
     assert (y[2] - y[0] - 2 * math.pi).abs().item() < 1e-4
     assert logdet[2].item() == pytest.approx(logdet[0].item(), abs=1e-4)
     assert logdet[1].item() == pytest.approx(logdet[0].item(), abs=1e-4)
+
+
+def test_interval_spline_is_the_circular_and_bounded_splines_in_one_call():
+    """Circular dimensions (half-width pi) and bounded ones (half-width 1 and 0.5, the
+    latter a bounded spline on [-0.5, 0.5]) evaluated together match the per-kind
+    splines, forward and inverse, whatever the ignored last slope of a circular one."""
+    n = 300
+    wc, hc, dc = _params(n, K, 1.5, seed=1)
+    wb, hb, db = _params(n, K + 1, 1.5, seed=2)
+    g = torch.Generator().manual_seed(3)
+    xc = (torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1) * math.pi
+    xb = torch.rand(n, generator=g, dtype=torch.float64) * 2 - 1
+    ignored = torch.randn(n, 1, generator=g, dtype=torch.float64) * 3.0
+    inputs = torch.stack([xc, xb, 0.5 * xb], dim=1)
+    widths, heights = torch.stack([wc, wb, wb], dim=1), torch.stack([hc, hb, hb], dim=1)
+    slopes = torch.stack([torch.cat([dc, ignored], dim=1), db, db], dim=1)
+    half_width = torch.tensor([math.pi, 1.0, 0.5], dtype=torch.float64)
+    periodic = torch.tensor([True, False, False])
+    y, logdet = interval_rational_quadratic_spline(inputs, widths, heights, slopes, half_width, periodic)
+    yc, ldc = circular_rational_quadratic_spline(xc, wc, hc, dc)
+    yb, ldb = rational_quadratic_spline(xb, wb, hb, db)
+    yh, ldh = rational_quadratic_spline(0.5 * xb, wb, hb, db, -0.5, 0.5, -0.5, 0.5)
+    torch.testing.assert_close(y, torch.stack([yc, yb, yh], dim=1), rtol=0, atol=1e-12)
+    torch.testing.assert_close(logdet, torch.stack([ldc, ldb, ldh], dim=1), rtol=0, atol=1e-10)
+    back, inverse_logdet = interval_rational_quadratic_spline(y, widths, heights, slopes, half_width, periodic, inverse=True)
+    _assert_roundtrip(back, inputs, logdet)
+    torch.testing.assert_close(inverse_logdet, -logdet, rtol=0, atol=1e-8)
+    # Outside the interval: circular inputs wrap, bounded ones clamp to the end points.
+    outside, _ = interval_rational_quadratic_spline(inputs + torch.tensor([2 * math.pi, 5.0, 5.0], dtype=torch.float64),
+                                                    widths, heights, slopes, half_width, periodic)
+    torch.testing.assert_close(outside[:, 0], y[:, 0], rtol=0, atol=1e-9)
+    torch.testing.assert_close(outside[:, 1:], half_width[1:].expand(n, 2), rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="half_width and periodic"):
+        interval_rational_quadratic_spline(inputs, widths, heights, slopes, half_width[:2], periodic)
 
 
 def test_spline_rejects_mismatched_parameters():

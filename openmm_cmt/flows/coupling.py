@@ -35,11 +35,11 @@ import math
 from typing import List, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from openmm_cmt.flows.splines import (
-    circular_rational_quadratic_spline,
-    rational_quadratic_spline,
+    interval_rational_quadratic_spline,
     unbounded_rational_quadratic_spline,
     wrap_angle,
 )
@@ -121,6 +121,12 @@ class SplineCoupling(nn.Module):
         self.n_circular = int(self.t_circular.numel())
         self.n_bounded = int(self.t_bounded.numel())
         self.n_unbounded = int(self.t_unbounded.numel())
+        # Circular and bounded dimensions go through one spline call
+        # (``interval_rational_quadratic_spline``), circular ones first.
+        self.register_buffer("t_interval", torch.cat([self.t_circular, self.t_bounded]), persistent=False)
+        self.n_interval = self.n_circular + self.n_bounded
+        self.register_buffer("interval_half_width", torch.tensor([math.pi] * self.n_circular + [1.0] * self.n_bounded), persistent=False)
+        self.register_buffer("interval_periodic", torch.tensor([True] * self.n_circular + [False] * self.n_bounded), persistent=False)
         # Parameters per dimension: K widths + K heights + slopes (K circular, K + 1
         # bounded with free end slopes, K - 1 unbounded with unit end slopes).
         k = self.n_bins
@@ -144,31 +150,33 @@ class SplineCoupling(nn.Module):
 
     def forward(self, z: torch.Tensor, inverse: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
         batch = z.shape[0]
-        params = self.conditioner(self._features(z))
         k = self.n_bins
+        # ``split`` rather than slicing: the backward of a split is one concatenation,
+        # that of each slice a zero-filled copy of the whole conditioner output.
+        p_circular, p_bounded, p_unbounded = self.conditioner(self._features(z)).split(
+            [self.size_circular, self.size_bounded, self.size_unbounded], dim=1
+        )
         columns = [z]
         logdet = torch.zeros(batch, dtype=z.dtype, device=z.device)
-        start = 0
-        if self.n_circular > 0:
-            p = params[:, start : start + self.size_circular].reshape(batch, self.n_circular, 3 * k)
-            start += self.size_circular
-            y, ld = circular_rational_quadratic_spline(
-                z.index_select(1, self.t_circular), p[..., :k], p[..., k : 2 * k], p[..., 2 * k :], inverse=inverse
-            )
-            columns.append(y)
-            logdet = logdet + ld.sum(1)
-        if self.n_bounded > 0:
-            p = params[:, start : start + self.size_bounded].reshape(batch, self.n_bounded, 3 * k + 1)
-            start += self.size_bounded
-            y, ld = rational_quadratic_spline(
-                z.index_select(1, self.t_bounded), p[..., :k], p[..., k : 2 * k], p[..., 2 * k :], inverse=inverse
+        if self.n_interval > 0:
+            w_c, h_c, d_c = p_circular.reshape(batch, self.n_circular, 3 * k).split([k, k, k], dim=-1)
+            w_b, h_b, d_b = p_bounded.reshape(batch, self.n_bounded, 3 * k + 1).split([k, k, k + 1], dim=-1)
+            # A circular dimension's slope at pi is its slope at -pi: the padding is ignored.
+            y, ld = interval_rational_quadratic_spline(
+                z.index_select(1, self.t_interval),
+                torch.cat([w_c, w_b], dim=1),
+                torch.cat([h_c, h_b], dim=1),
+                torch.cat([F.pad(d_c, (0, 1)), d_b], dim=1),
+                self.interval_half_width,
+                self.interval_periodic,
+                inverse=inverse,
             )
             columns.append(y)
             logdet = logdet + ld.sum(1)
         if self.n_unbounded > 0:
-            p = params[:, start : start + self.size_unbounded].reshape(batch, self.n_unbounded, 3 * k - 1)
+            w, h, d = p_unbounded.reshape(batch, self.n_unbounded, 3 * k - 1).split([k, k, k - 1], dim=-1)
             y, ld = unbounded_rational_quadratic_spline(
-                z.index_select(1, self.t_unbounded), p[..., :k], p[..., k : 2 * k], p[..., 2 * k :], self.tail_bound, inverse=inverse
+                z.index_select(1, self.t_unbounded), w, h, d, self.tail_bound, inverse=inverse
             )
             columns.append(y)
             logdet = logdet + ld.sum(1)
