@@ -74,6 +74,21 @@ def _knots(unnormalized: torch.Tensor, lower: float, upper: float, min_size: flo
     return F.pad(F.pad(inner, (1, 0), value=lower), (0, 1), value=upper)
 
 
+def _interval_knots(unnormalized: torch.Tensor, half_width: torch.Tensor, min_size: float) -> torch.Tensor:
+    """Knot positions ``[..., n, K + 1]`` from ``-a`` to ``a`` (both exact) per dimension,
+    ``half_width = a [n]``; ``_knots`` with the scaling folded into as few element-wise
+    passes over the knots as the maths allows (they dominate a coupling layer's cost)."""
+    n_bins = unnormalized.shape[-1]
+    exp = torch.exp(unnormalized - unnormalized.detach().amax(dim=-1, keepdim=True))
+    a = half_width.to(unnormalized.dtype).unsqueeze(-1)
+    # Knot k = -a + 2a (k min + (1 - K min) sum_{j<k} exp_j / sum_j exp_j).
+    scale = (2.0 * (1.0 - min_size * n_bins)) * a / exp.sum(dim=-1, keepdim=True)
+    k = torch.arange(1, n_bins, dtype=unnormalized.dtype, device=unnormalized.device)
+    inner = torch.cumsum(exp[..., :-1], dim=-1) * scale + a * (2.0 * min_size * k - 1.0)
+    end = a.expand(inner.shape[:-1] + (1,))
+    return torch.cat([-end, inner, end], dim=-1)
+
+
 def _slopes(unnormalized: torch.Tensor, min_derivative: float) -> torch.Tensor:
     """Positive knot slopes; an unnormalized value of 0 gives slope exactly 1."""
     shift = math.log(math.expm1(1.0 - min_derivative))
@@ -310,9 +325,8 @@ def interval_rational_quadratic_spline(
     if half_width.shape != inputs.shape[-1:] or periodic.shape != inputs.shape[-1:]:
         raise ValueError(f"half_width and periodic must have shape [{inputs.shape[-1]}], got "
                          f"{list(half_width.shape)} and {list(periodic.shape)}")
-    scale = half_width.to(inputs.dtype).unsqueeze(-1)
-    cumwidths = _knots(unnormalized_widths, -1.0, 1.0, min_bin_width) * scale
-    cumheights = _knots(unnormalized_heights, -1.0, 1.0, min_bin_height) * scale
+    cumwidths = _interval_knots(unnormalized_widths, half_width, min_bin_width)
+    cumheights = _interval_knots(unnormalized_heights, half_width, min_bin_height)
     slopes = _slopes(unnormalized_derivatives, min_derivative)
     last = torch.arange(n_bins + 1, device=inputs.device) == n_bins
     slopes = torch.where(periodic.unsqueeze(-1) & last, slopes[..., :1], slopes)
