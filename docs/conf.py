@@ -17,9 +17,9 @@ extensions = [
     "sphinx.ext.autodoc",
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
+    # numpydoc comes first, so it renders the numpydoc sections (``Parameters``,
+    # ``Returns``, ...) before napoleon sees a docstring.
     "numpydoc",
-    # Older docstrings still use Google-style sections (``Args:``, ``Attributes:``);
-    # napoleon converts only those, numpydoc renders the numpydoc ones.
     "sphinx.ext.napoleon",
     "myst_parser",
 ]
@@ -37,8 +37,11 @@ numpydoc_show_class_members = False  # autodoc's :members: lists them, once
 numpydoc_xref_param_type = False
 numpydoc_validation_checks = set()
 
+# Docstrings use numpydoc sections. Google-style parsing stays on only while a few
+# modules still carry ``Args:``/``Attributes:`` sections (the allow-list in
+# tests/test_docstrings.py); turn it off once that list is empty.
 napoleon_google_docstring = True
-napoleon_numpy_docstring = False
+napoleon_numpy_docstring = True
 napoleon_use_ivar = True  # dataclass fields are documented by autodoc already
 napoleon_use_rtype = False
 

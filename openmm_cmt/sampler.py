@@ -55,12 +55,18 @@ class RunSaveError(CheckpointError):
 class Samples:
     """Weighted generator samples.
 
-    Attributes:
-        positions: [n, n_atoms, 3] nm, float64 numpy.
-        log_weights: [n] unnormalised log importance weights -u(x) - log q(x).
-        log_q: [n] generator log densities (nats).
-        energies: [n] potential energies, kJ/mol (+inf where non-finite).
-        topology: the System's ``openmm.app.Topology`` (atom order of ``positions``).
+    Attributes
+    ----------
+    positions
+        [n, n_atoms, 3] nm, float64 numpy.
+    log_weights
+        [n] unnormalised log importance weights -u(x) - log q(x).
+    log_q
+        [n] generator log densities (nats).
+    energies
+        [n] potential energies, kJ/mol (+inf where non-finite).
+    topology
+        the System's ``openmm.app.Topology`` (atom order of ``positions``).
     """
 
     positions: np.ndarray
@@ -111,9 +117,12 @@ def _resolve_device(device: str) -> torch.device:
 class BoltzmannGeneratorSampler:
     """A Boltzmann generator for one molecule, trained with CMT from energies alone.
 
-    Args:
-        molsys: the molecule (``openmm_cmt.systems.MolecularSystem``).
-        config: a ``TrainConfig`` or a preset name (``laptop``, ``gpu``, ``paper``).
+    Parameters
+    ----------
+    molsys
+        the molecule (``openmm_cmt.systems.MolecularSystem``).
+    config
+        a ``TrainConfig`` or a preset name (``laptop``, ``gpu``, ``paper``).
     """
 
     def __init__(self, molsys: MolecularSystem, config: TrainConfig | str = "laptop"):
@@ -212,20 +221,28 @@ class BoltzmannGeneratorSampler:
     ) -> list[dict]:
         """Run CMT annealing steps until ``n_steps`` (default: the config's) are done.
 
-        Args:
-            config: replaces the sampler's config before the first step (a TrainConfig or a
-                preset name); ignored once training has started.
-            callbacks: ``callback(sampler, record)`` after every step; returning True stops.
-            progress: print a progress line (steps, evaluations, ESS, time left) to stderr.
-            checkpoint_dir: save there every ``config.checkpoint_every`` steps and at the end,
-                holding the folder's lock throughout (RunLockedError if another process
-                writes it). A failed save is retried once; if that fails too, training goes
-                on with its state in memory, and a failed final save raises RunSaveError
-                naming the last good checkpoint (``sampler.save`` elsewhere still works).
-                In a data-parallel job every process calls ``train`` alike; rank 0 alone
-                holds the lock, writes and prints.
+        Parameters
+        ----------
+        config
+            replaces the sampler's config before the first step (a TrainConfig or a
+            preset name); ignored once training has started.
+        callbacks
+            ``callback(sampler, record)`` after every step; returning True stops.
+        progress
+            print a progress line (steps, evaluations, ESS, time left) to stderr.
+        checkpoint_dir
+            save there every ``config.checkpoint_every`` steps and at the end,
+            holding the folder's lock throughout (RunLockedError if another process
+            writes it). A failed save is retried once; if that fails too, training goes
+            on with its state in memory, and a failed final save raises RunSaveError
+            naming the last good checkpoint (``sampler.save`` elsewhere still works).
+            In a data-parallel job every process calls ``train`` alike; rank 0 alone
+            holds the lock, writes and prints.
 
-        Returns the history: one record per annealing step.
+        Returns
+        -------
+        list of dict
+            The history: one record per annealing step.
         """
         if config is not None and self.trainer is None:
             new = preset(config) if isinstance(config, str) else config

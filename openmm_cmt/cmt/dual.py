@@ -52,18 +52,29 @@ class DualSolution:
     """The next intermediate density :math:`q_{i+1} \\propto q_i^\\alpha \\tilde p^\\beta`
     and what it costs.
 
-    Attributes:
-        lam, eta: multipliers of the trust-region and entropy constraints.
-        alpha, beta: exponents of q_i and p~ (alpha = lam/(1+lam+eta), beta = 1/(1+lam+eta)).
-        log_z: log Z, so that log q_{i+1} = alpha log q_i + beta log p~ - log_z.
-        log_weights: [N] normalised log-weights of q_{i+1}/q_i on the samples (logsumexp 0;
-            they include the base weights of the samples).
-        kl: realised KL(q_{i+1} || q_i) estimate.
-        entropy: H(q_i) estimate.
-        entropy_drop: realised H(q_i) - H(q_{i+1}) estimate.
-        ess: Kish effective sample size of ``log_weights`` as a fraction of N.
-        is_final: q_{i+1} = p (lam = eta = 0).
-        iterations, converged: of the dual solver (0 and True for fixed exponents).
+    Attributes
+    ----------
+    lam, eta
+        multipliers of the trust-region and entropy constraints.
+    alpha, beta
+        exponents of q_i and p~ (alpha = lam/(1+lam+eta), beta = 1/(1+lam+eta)).
+    log_z
+        log Z, so that log q_{i+1} = alpha log q_i + beta log p~ - log_z.
+    log_weights
+        [N] normalised log-weights of q_{i+1}/q_i on the samples (logsumexp 0;
+        they include the base weights of the samples).
+    kl
+        realised KL(q_{i+1} || q_i) estimate.
+    entropy
+        H(q_i) estimate.
+    entropy_drop
+        realised H(q_i) - H(q_{i+1}) estimate.
+    ess
+        Kish effective sample size of ``log_weights`` as a fraction of N.
+    is_final
+        q_{i+1} = p (lam = eta = 0).
+    iterations, converged
+        of the dual solver (0 and True for fixed exponents).
     """
 
     lam: float
@@ -195,18 +206,26 @@ def solve_dual(
 ) -> DualSolution:
     """Maximise the CMT dual over lam, eta >= 0 by projected Newton.
 
-    Args:
-        log_q: [N] log q_i(x_k) of samples x_k ~ q_i.
-        log_p: [N] log p~(x_k), unnormalised target.
-        eps_tr: trust-region radius (nats); None drops that constraint (lam = 0:
-            the temperature path).
-        eps_ent: largest entropy drop per step (nats); None drops that constraint
-            (eta = 0: the auto-scheduled geometric path).
-        log_weights: optional [N] base log-weights when the x_k are weighted draws of
-            q_i (e.g. quadrature points, or reused samples); uniform when None.
-        init: starting (lam, eta), e.g. the previous step's solution.
-        tol: convergence threshold on the projected gradient (the constraint residuals,
-            in nats).
+    Parameters
+    ----------
+    log_q
+        [N] log q_i(x_k) of samples x_k ~ q_i.
+    log_p
+        [N] log p~(x_k), unnormalised target.
+    eps_tr
+        trust-region radius (nats); None drops that constraint (lam = 0:
+        the temperature path).
+    eps_ent
+        largest entropy drop per step (nats); None drops that constraint
+        (eta = 0: the auto-scheduled geometric path).
+    log_weights
+        optional [N] base log-weights when the x_k are weighted draws of
+        q_i (e.g. quadrature points, or reused samples); uniform when None.
+    init
+        starting (lam, eta), e.g. the previous step's solution.
+    tol
+        convergence threshold on the projected gradient (the constraint residuals,
+        in nats).
     """
     for name, eps in (("eps_tr", eps_tr), ("eps_ent", eps_ent)):
         if eps is not None and not (eps > 0 and math.isfinite(eps)):

@@ -71,12 +71,17 @@ class _ReducedEnergy(torch.autograd.Function):
 class BoltzmannTarget:
     r"""Boltzmann density of an energy engine: log p~(x) = -cut(u(x)), u = E/kT.
 
-    Args:
-        energy_engine: an ``openmm_cmt.energy.EnergyEngine`` (positions [B, n_atoms, 3]
-            in nm). Its own counter is exact; ``n_evaluations`` reports it.
-        regularize: map applied to reduced energies before negation (default
-            ``linlog_cut``, which keeps clashes from dominating); None for raw energies.
+    Parameters
+    ----------
+    energy_engine
+        an ``openmm_cmt.energy.EnergyEngine`` (positions [B, n_atoms, 3]
+        in nm). Its own counter is exact; ``n_evaluations`` reports it.
+    regularize
+        map applied to reduced energies before negation (default
+        ``linlog_cut``, which keeps clashes from dominating); None for raw energies.
 
+    Notes
+    -----
     ``log_prob`` is differentiable in ``x`` through the engine's forces when ``x``
     requires grad (one energy+force evaluation per sample, counted once).
     """

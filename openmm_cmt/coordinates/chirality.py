@@ -40,13 +40,18 @@ def chirality_signs(x: Tensor, centres) -> Tensor:
     """Handedness of each stereocentre: the sign (+1, -1; 0 if planar) of
     ``(n1 - c) . ((n2 - c) x (n3 - c))``.
 
-    Args:
-        x: positions ``[B, N, 3]`` (or ``[N, 3]``).
-        centres: int ``[C, 4]`` rows ``(c, n1, n2, n3)`` (``stereocentres``, or
-            ``InternalCoordinateTransform.chirality_centres``), or a topology.
+    Parameters
+    ----------
+    x
+        positions ``[B, N, 3]`` (or ``[N, 3]``).
+    centres
+        int ``[C, 4]`` rows ``(c, n1, n2, n3)`` (``stereocentres``, or
+        ``InternalCoordinateTransform.chirality_centres``), or a topology.
 
-    Returns:
-        ``[B, C]`` (or ``[C]``) tensor of signs in x's dtype.
+    Returns
+    -------
+    torch.Tensor
+        ``[B, C]`` (or ``[C]``) signs in x's dtype.
     """
     if not isinstance(centres, (np.ndarray, Tensor, list, tuple)):
         centres = stereocentres(centres)

@@ -103,17 +103,26 @@ def constrained_ics(
 ) -> Tuple[np.ndarray, np.ndarray]:
     """IC indices and values of the Z-matrix bonds held fixed by ``constraints``.
 
-    Args:
-        zmatrix: int ``[N, 4]`` (validated).
-        constraints: ``(i, j, distance_nm)`` per constraint (:func:`system_constraints`).
-        atom_names: optional names per atom, used in error messages.
+    Parameters
+    ----------
+    zmatrix
+        int ``[N, 4]`` (validated).
+    constraints
+        ``(i, j, distance_nm)`` per constraint (:func:`system_constraints`).
+    atom_names
+        optional names per atom, used in error messages.
 
-    Returns:
-        ``(indices, lengths)``: int64 ``[m]`` positions in the IC vector (bond block,
-        sorted) and float64 ``[m]`` distances in nm.
+    Returns
+    -------
+    (indices, lengths) : tuple
+        int64 ``[m]`` positions in the IC vector (bond block, sorted) and float64
+        ``[m]`` distances in nm.
 
-    Raises ValueError naming the first constraint that is not a Z-matrix bond, a
-    duplicate constraint, or a non-positive distance.
+    Raises
+    ------
+    ValueError
+        Naming the first constraint that is not a Z-matrix bond, a duplicate
+        constraint, or a non-positive distance.
     """
     z = np.asarray(zmatrix, dtype=np.int64)
     n = len(z)
@@ -151,11 +160,16 @@ class ConstraintMetric(torch.nn.Module):
     r"""``forward(x [B, N, 3]) -> [B]``: :math:`\tfrac12 \log\det G_M(x)` for bond
     constraints (module docstring), masses in dalton and lengths in nm.
 
-    Args:
-        pairs: int ``[m, 2]`` constrained atom pairs (may be empty).
-        masses: ``[N]`` particle masses (dalton), positive for constrained atoms; kept
-            as the ``masses`` buffer, since the measure depends on them.
+    Parameters
+    ----------
+    pairs
+        int ``[m, 2]`` constrained atom pairs (may be empty).
+    masses
+        ``[N]`` particle masses (dalton), positive for constrained atoms; kept
+        as the ``masses`` buffer, since the measure depends on them.
 
+    Notes
+    -----
     Constraints sharing no atom with another contribute a constant; each connected
     cluster of constraints sharing atoms (an X-H2 group, a methyl) gets one small Gram
     matrix, padded with the identity to the largest cluster and reduced by one batched

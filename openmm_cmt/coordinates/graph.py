@@ -18,12 +18,18 @@ import numpy as np
 class MoleculeGraph:
     """Atoms and bonds of one molecule, in the System's atom order.
 
-    Attributes:
-        names: atom names (``"CA"``, ``"HB1"``, ...).
-        elements: element symbols (``"C"``, ``"H"``; ``"X"`` when unknown).
-        residue_names: residue name of each atom.
-        residue_indices: residue index of each atom.
-        bonds: ``[n_bonds, 2]`` int64 atom pairs.
+    Attributes
+    ----------
+    names
+        atom names (``"CA"``, ``"HB1"``, ...).
+    elements
+        element symbols (``"C"``, ``"H"``; ``"X"`` when unknown).
+    residue_names
+        residue name of each atom.
+    residue_indices
+        residue index of each atom.
+    bonds
+        ``[n_bonds, 2]`` int64 atom pairs.
     """
 
     names: tuple

@@ -51,33 +51,49 @@ _MIN_ABS_SIN_CONSTRAINED = 0.5
 class InternalCoordinateTransform(torch.nn.Module):
     """Cartesian positions ``[B, N, 3]`` <-> internal coordinates ``[B, 3N - 6]``.
 
-    Args:
-        zmatrix: int ``[N, 4]`` rows ``(atom, bond_ref, angle_ref, dihedral_ref)`` (see
-            ``openmm_cmt.coordinates.zmatrix``), checked by ``validate_zmatrix``.
-        reference_positions: optional ``[N, 3]`` positions in nm (array, tensor or
-            OpenMM Quantity), e.g. the minimum-energy structure; gives ``reference_ic``
-            and, with ``topology``, the half-ranges of the chiral dihedrals.
-        topology: optional ``openmm.app.Topology``, ``mdtraj.Topology`` or
-            ``MoleculeGraph`` of the same atoms; needed for the chirality constraints.
-        fix_methyl_permutation: also constrain the improper dihedrals of equivalent
-            terminal atoms (the 2nd and 3rd methyl hydrogens relative to the 1st,
-            methylene and ammonium hydrogens) to their reference half-range, so that
-            generated samples cannot swap their labels.
+    Parameters
+    ----------
+    zmatrix
+        int ``[N, 4]`` rows ``(atom, bond_ref, angle_ref, dihedral_ref)`` (see
+        ``openmm_cmt.coordinates.zmatrix``), checked by ``validate_zmatrix``.
+    reference_positions
+        optional ``[N, 3]`` positions in nm (array, tensor or
+        OpenMM Quantity), e.g. the minimum-energy structure; gives ``reference_ic``
+        and, with ``topology``, the half-ranges of the chiral dihedrals.
+    topology
+        optional ``openmm.app.Topology``, ``mdtraj.Topology`` or
+        ``MoleculeGraph`` of the same atoms; needed for the chirality constraints.
+    fix_methyl_permutation
+        also constrain the improper dihedrals of equivalent
+        terminal atoms (the 2nd and 3rd methyl hydrogens relative to the 1st,
+        methylene and ammonium hydrogens) to their reference half-range, so that
+        generated samples cannot swap their labels.
 
-    Buffers (follow ``.to()``):
-        bond_indices, angle_indices, dihedral_indices: positions of each block in the IC
-            vector.
-        circular: bool ``[D]``, True for the periodic dimensions: the dihedrals that are
-            not in ``chiral_dihedrals``.
-        chiral_dihedrals: int64 ``[C]`` IC indices of the dihedrals to keep inside
-            ``chiral_bounds`` (bounded, not periodic, dimensions).
-        chiral_bounds: ``[C, 2]`` (low, high): (0, pi) or (-pi, 0), the half-range of the
-            reference value.
-        chirality_centres: int64 ``[C, 4]`` rows ``(j, a, k, l)`` for
-            ``chirality_signs``: its sign is minus the sign of the dihedral
-            a-j-k-l, so it stays fixed while the dihedral stays in its half-range.
-        reference_ic: ``[D]`` ICs of the reference structure (empty without one).
-        zmatrix: int64 ``[N, 4]``.
+    Attributes
+    ----------
+    bond_indices, angle_indices, dihedral_indices
+        positions of each block in the IC vector.
+    circular
+        bool ``[D]``, True for the periodic dimensions: the dihedrals that are
+        not in ``chiral_dihedrals``.
+    chiral_dihedrals
+        int64 ``[C]`` IC indices of the dihedrals to keep inside
+        ``chiral_bounds`` (bounded, not periodic, dimensions).
+    chiral_bounds
+        ``[C, 2]`` (low, high): (0, pi) or (-pi, 0), the half-range of the
+        reference value.
+    chirality_centres
+        int64 ``[C, 4]`` rows ``(j, a, k, l)`` for ``chirality_signs``: its sign is
+        minus the sign of the dihedral a-j-k-l, so it stays fixed while the dihedral
+        stays in its half-range.
+    reference_ic
+        ``[D]`` ICs of the reference structure (empty without one).
+    zmatrix
+        int64 ``[N, 4]``.
+
+    Notes
+    -----
+    The attributes above are buffers: they follow ``.to()``.
     """
 
     n_atoms: int

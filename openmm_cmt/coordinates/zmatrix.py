@@ -36,18 +36,26 @@ _PEPTIDE_BACKBONE_NAMES = frozenset({"N", "CA", "C", "CH3"})
 def build_zmatrix(topology, root_atoms=None) -> np.ndarray:
     """A Z-matrix for a connected molecule, from its bonded graph.
 
-    Args:
-        topology: ``openmm.app.Topology``, ``mdtraj.Topology`` or ``MoleculeGraph``.
-        root_atoms: optional ``(a0, a1, a2)``: the atoms that fix the frame, with a1
-            bonded to a0 and a2 bonded to a0 or a1. Default: the backbone atom at the
-            middle of the heavy-atom backbone (the central C-alpha of a peptide) and its
-            two backbone neighbours.
+    Parameters
+    ----------
+    topology
+        ``openmm.app.Topology``, ``mdtraj.Topology`` or ``MoleculeGraph``.
+    root_atoms
+        optional ``(a0, a1, a2)``: the atoms that fix the frame, with a1
+        bonded to a0 and a2 bonded to a0 or a1. Default: the backbone atom at the
+        middle of the heavy-atom backbone (the central C-alpha of a peptide) and its
+        two backbone neighbours.
 
-    Returns:
+    Returns
+    -------
+    numpy.ndarray
         int64 ``[N, 4]``, rows ``(atom, bond_ref, angle_ref, dihedral_ref)`` with -1 for
         the references the first three rows lack.
 
-    Raises ValueError for fewer than 3 atoms, a disconnected molecule or bad root atoms.
+    Raises
+    ------
+    ValueError
+        For fewer than 3 atoms, a disconnected molecule or bad root atoms.
     """
     graph = as_molecule_graph(topology)
     n = graph.n_atoms

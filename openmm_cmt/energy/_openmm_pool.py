@@ -178,20 +178,29 @@ class _Resources:
 class WorkerPool:
     """``n_workers`` processes, each holding one OpenMM Context of the same System.
 
-    Args:
-        system_spec: the System as XML, or a picklable zero-argument callable building it.
-        platform, properties: OpenMM platform name and property overrides: one dict
-            for all workers, or a list with one dict per worker (e.g. DeviceIndex).
-        n_workers: number of processes (>= 1).
-        capacity: most conformations per chunk (the size of each shared-memory block).
-        n_atoms: particles per conformation.
-        positions: a valid conformation [n_atoms, 3] (nm); each worker times one
-            evaluation of it at start-up, which also proves its Context works.
-        start_timeout: seconds a worker may take to start (import, Context creation).
-        hang_timeout: seconds a busy worker may stay silent before it is killed and
-            replaced with a RuntimeWarning (plus three times its time per evaluation).
-            Between conformations a busy worker reports when ``min(2, hang_timeout / 10)``
-            seconds have passed since its last report.
+    Parameters
+    ----------
+    system_spec
+        the System as XML, or a picklable zero-argument callable building it.
+    platform, properties
+        OpenMM platform name and property overrides: one dict
+        for all workers, or a list with one dict per worker (e.g. DeviceIndex).
+    n_workers
+        number of processes (>= 1).
+    capacity
+        most conformations per chunk (the size of each shared-memory block).
+    n_atoms
+        particles per conformation.
+    positions
+        a valid conformation [n_atoms, 3] (nm); each worker times one
+        evaluation of it at start-up, which also proves its Context works.
+    start_timeout
+        seconds a worker may take to start (import, Context creation).
+    hang_timeout
+        seconds a busy worker may stay silent before it is killed and
+        replaced with a RuntimeWarning (plus three times its time per evaluation).
+        Between conformations a busy worker reports when ``min(2, hang_timeout / 10)``
+        seconds have passed since its last report.
     """
 
     def __init__(self, system_spec, platform, properties, n_workers, capacity, n_atoms, positions, start_timeout=120.0,

@@ -15,11 +15,15 @@ class EnergyEngine(abc.ABC):
     conformation evaluated in ``n_evaluations`` and return float64 tensors on the
     device of the input (numpy input gives numpy output).
 
-    Attributes:
-        n_atoms: atoms per conformation.
-        kT: thermal energy in kJ/mol; reduced energies are u = E / kT.
-        n_evaluations: conformations evaluated so far (each counts once, with or
-            without forces).
+    Attributes
+    ----------
+    n_atoms
+        atoms per conformation.
+    kT
+        thermal energy in kJ/mol; reduced energies are u = E / kT.
+    n_evaluations
+        conformations evaluated so far (each counts once, with or
+        without forces).
     """
 
     n_atoms: int

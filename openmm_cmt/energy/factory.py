@@ -12,13 +12,17 @@ def create_energy(
 ) -> EnergyEngine:
     """An energy engine for ``molsys`` (a MolecularSystem).
 
-    Args:
-        engine: ``"torch"`` (batched TorchEnergy), ``"openmm"`` (exact OpenMMEnergy pool)
-            or ``"auto"``: TorchEnergy when every force of the System is supported,
-            otherwise OpenMMEnergy.
-        device, dtype, compile: for the torch engine (``compile``: torch.compile the
-            module; ``"auto"``: on CUDA, and on CPU when a C++ compiler is present).
-        openmm_kwargs: passed to ``OpenMMEnergy`` when it is chosen (platform, n_workers, ...).
+    Parameters
+    ----------
+    engine
+        ``"torch"`` (batched TorchEnergy), ``"openmm"`` (exact OpenMMEnergy pool)
+        or ``"auto"``: TorchEnergy when every force of the System is supported,
+        otherwise OpenMMEnergy.
+    device, dtype, compile
+        for the torch engine (``compile``: torch.compile the
+        module; ``"auto"``: on CUDA, and on CPU when a C++ compiler is present).
+    openmm_kwargs
+        passed to ``OpenMMEnergy`` when it is chosen (platform, n_workers, ...).
     """
     if engine not in ("auto", "torch", "openmm"):
         raise ValueError(f"engine must be 'auto', 'torch' or 'openmm', got {engine!r}")

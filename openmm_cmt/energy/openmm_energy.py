@@ -50,27 +50,37 @@ def _refers_to_main(data: bytes) -> bool:
 class OpenMMEnergy(EnergyEngine):
     """Potential energies (and forces) from OpenMM, one exact evaluation per conformation.
 
-    Args:
-        molsys: a ``MolecularSystem`` (its ``system``, ``positions`` and ``kT`` are used).
-        platform: ``"auto"`` (CUDA, else CPU, else Reference:
-            :func:`openmm_cmt.energy.platforms.resolve_platform`) or an OpenMM platform
-            name (Reference, CPU, CUDA, OpenCL).
-        n_workers: worker processes; ``"auto"`` is one per usable core for CPU platforms
-            and one per GPU for GPU platforms. ``0`` loops over one Context in this
-            process (no start-up cost: the choice for a few evaluations).
-        system_factory: a picklable zero-argument callable returning the System (or a
-            MolecularSystem), called once in each worker. Needed only for Systems that
-            cannot be serialised to XML (e.g. an ``openmm.PythonForce`` whose function
-            cannot be pickled); without it such a System is evaluated in-process
-            (``n_workers=0``) with a RuntimeWarning.
-        chunk_size: conformations per message to a worker. By default chunks are
-            guided: each takes 1/(2 n_workers) of the rows still to hand out, at most
-            1024 conformations and 8 MiB, so that the workers finish together.
-        properties: OpenMM platform properties overriding the defaults (CPU:
-            Threads=1 per Context; CUDA/OpenCL: Precision=mixed).
-        hang_timeout: seconds a busy worker may stay silent (stopped, deadlocked)
-            before it is replaced, with a RuntimeWarning (default 30).
+    Parameters
+    ----------
+    molsys
+        a ``MolecularSystem`` (its ``system``, ``positions`` and ``kT`` are used).
+    platform
+        ``"auto"`` (CUDA, else CPU, else Reference:
+        :func:`openmm_cmt.energy.platforms.resolve_platform`) or an OpenMM platform
+        name (Reference, CPU, CUDA, OpenCL).
+    n_workers
+        worker processes; ``"auto"`` is one per usable core for CPU platforms
+        and one per GPU for GPU platforms. ``0`` loops over one Context in this
+        process (no start-up cost: the choice for a few evaluations).
+    system_factory
+        a picklable zero-argument callable returning the System (or a
+        MolecularSystem), called once in each worker. Needed only for Systems that
+        cannot be serialised to XML (e.g. an ``openmm.PythonForce`` whose function
+        cannot be pickled); without it such a System is evaluated in-process
+        (``n_workers=0``) with a RuntimeWarning.
+    chunk_size
+        conformations per message to a worker. By default chunks are
+        guided: each takes 1/(2 n_workers) of the rows still to hand out, at most
+        1024 conformations and 8 MiB, so that the workers finish together.
+    properties
+        OpenMM platform properties overriding the defaults (CPU:
+        Threads=1 per Context; CUDA/OpenCL: Precision=mixed).
+    hang_timeout
+        seconds a busy worker may stay silent (stopped, deadlocked)
+        before it is replaced, with a RuntimeWarning (default 30).
 
+    Notes
+    -----
     Non-finite positions, and conformations for which OpenMM raises or returns NaN,
     get +inf energy and zero forces (counted in ``n_nonfinite``). A worker that dies
     or hangs is restarted and its chunk recomputed (``n_restarts`` counts them).

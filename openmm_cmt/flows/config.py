@@ -27,25 +27,40 @@ SCALINGS = ("fixed", "harmonic")
 class GeneratorConfig:
     """Architecture and internal-coordinate scaling of a ``Generator``.
 
-    Attributes:
-        preset: flow size, a key of ``FLOW_SIZES`` (``"cpu"`` or ``"gpu"``);
-            ``n_layers``, ``hidden`` and ``depth`` override it.
-        n_layers: coupling layers (``"all2all"`` pairs a random split with its reverse).
-        hidden, depth: conditioner MLP width and hidden-layer count.
-        n_bins: spline bins.
-        masking: ``"all2all"``, ``"alternating"`` or ``"random"``.
-        torsion_shifts: fixed random phase shifts of the torsions between layers.
-        seed: seeds masks, shifts and initial weights.
-        fix_methyl_permutation: keep equivalent terminal hydrogens from swapping labels
-            (constrains their improper dihedrals, as for stereocentres).
-        bond_width: nm, half-width of each bond's interval around the reference.
-        angle_width: rad, half-width of each angle's interval (cut inside (0, pi)).
-        prior: ``"truncated_normal"`` or ``"uniform"`` for the bounded dimensions.
-        prior_sigma: standard deviation of the truncated normal in scaled units.
-        scaling: ``"fixed"`` (the widths above) or ``"harmonic"``: widths from the
-            energy's curvature at the reference, impropers bounded
-            (:mod:`openmm_cmt.flows.scaling`; 2D + 1 exact energy evaluations).
-        width_factor: harmonic half-width in conditional standard deviations.
+    Attributes
+    ----------
+    preset
+        flow size, a key of ``FLOW_SIZES`` (``"cpu"`` or ``"gpu"``);
+        ``n_layers``, ``hidden`` and ``depth`` override it.
+    n_layers
+        coupling layers (``"all2all"`` pairs a random split with its reverse).
+    hidden, depth
+        conditioner MLP width and hidden-layer count.
+    n_bins
+        spline bins.
+    masking
+        ``"all2all"``, ``"alternating"`` or ``"random"``.
+    torsion_shifts
+        fixed random phase shifts of the torsions between layers.
+    seed
+        seeds masks, shifts and initial weights.
+    fix_methyl_permutation
+        keep equivalent terminal hydrogens from swapping labels
+        (constrains their improper dihedrals, as for stereocentres).
+    bond_width
+        nm, half-width of each bond's interval around the reference.
+    angle_width
+        rad, half-width of each angle's interval (cut inside (0, pi)).
+    prior
+        ``"truncated_normal"`` or ``"uniform"`` for the bounded dimensions.
+    prior_sigma
+        standard deviation of the truncated normal in scaled units.
+    scaling
+        ``"fixed"`` (the widths above) or ``"harmonic"``: widths from the
+        energy's curvature at the reference, impropers bounded
+        (:mod:`openmm_cmt.flows.scaling`; 2D + 1 exact energy evaluations).
+    width_factor
+        harmonic half-width in conditional standard deviations.
     """
 
     preset: str = "cpu"

@@ -26,18 +26,28 @@ from openmm_cmt.flows.priors import IndependentPrior
 class EuclideanFlow(nn.Module):
     """Normalizing flow on R^dim (see the module docstring).
 
-    Args:
-        dim: dimension, at least 2.
-        n_layers: coupling layers.
-        hidden: conditioner MLP width.
-        n_blocks: conditioner MLP hidden layers.
-        n_bins: spline bins.
-        tail_bound: half-width of the spline interval in x units (identity outside);
-            default ``5 * prior_scale``.
-        prior_scale: standard deviation of the Gaussian prior in every dimension.
-        masking: ``"alternating"`` (default; with dim 2, one coordinate at a time),
-            ``"random"`` or ``"all2all"``.
-        seed: seeds masks and initial weights.
+    Parameters
+    ----------
+    dim
+        dimension, at least 2.
+    n_layers
+        coupling layers.
+    hidden
+        conditioner MLP width.
+    n_blocks
+        conditioner MLP hidden layers.
+    n_bins
+        spline bins.
+    tail_bound
+        half-width of the spline interval in x units (identity outside);
+        default ``5 * prior_scale``.
+    prior_scale
+        standard deviation of the Gaussian prior in every dimension.
+    masking
+        ``"alternating"`` (default; with dim 2, one coordinate at a time),
+        ``"random"`` or ``"all2all"``.
+    seed
+        seeds masks and initial weights.
     """
 
     def __init__(

@@ -91,17 +91,24 @@ class Generator(nn.Module):
     constrained System ``fixed_ics`` (bond indices into the IC vector), ``fixed_values``
     (their lengths, nm) and ``metric`` (a ``ConstraintMetric`` of the same bonds).
 
-    Attributes:
-        n_atoms, dim: atoms and flow dimensions (3N - 6 minus the constrained bonds).
-        n_constraints: constrained bonds held at fixed lengths.
-        fixed_ics, constraint_lengths, constraint_pairs: their IC indices, distances
-            (nm) and atom pairs.
-        metric: ``ConstraintMetric``, 0.5 log det G_M of the constraints.
-        temperature: K, the MolecularSystem's.
-        elements, atom_names: per atom, in the System's order.
-        build_config: the ``GeneratorConfig`` it was built with, flow size filled in,
-            as a dict (rebuild with ``from_system(molsys, GeneratorConfig(**build_config))``,
-            then ``load_state_dict``).
+    Attributes
+    ----------
+    n_atoms, dim
+        atoms and flow dimensions (3N - 6 minus the constrained bonds).
+    n_constraints
+        constrained bonds held at fixed lengths.
+    fixed_ics, constraint_lengths, constraint_pairs
+        their IC indices, distances (nm) and atom pairs.
+    metric
+        ``ConstraintMetric``, 0.5 log det G_M of the constraints.
+    temperature
+        K, the MolecularSystem's.
+    elements, atom_names
+        per atom, in the System's order.
+    build_config
+        the ``GeneratorConfig`` it was built with, flow size filled in,
+        as a dict (rebuild with ``from_system(molsys, GeneratorConfig(**build_config))``,
+        then ``load_state_dict``).
     """
 
     __jit_ignored_attributes__ = ["build_config"]
@@ -201,17 +208,26 @@ class Generator(nn.Module):
     def from_system(cls, molsys, config: Optional[GeneratorConfig] = None, *, zmatrix=None) -> "Generator":
         """A fresh generator for ``molsys`` (an ``openmm_cmt.systems.MolecularSystem``).
 
-        Args:
-            config: the architecture and IC scaling (``GeneratorConfig``; default
-                ``GeneratorConfig()``).
-            zmatrix: optional ``[N, 4]`` Z-matrix overriding ``build_zmatrix``.
+        Parameters
+        ----------
+        config
+            the architecture and IC scaling (``GeneratorConfig``; default
+            ``GeneratorConfig()``).
+        zmatrix
+            optional ``[N, 4]`` Z-matrix overriding ``build_zmatrix``.
 
+        Raises
+        ------
+        ValueError
+            For a System it would sample wrongly
+            (:func:`openmm_cmt.systems.support.check_supported`: periodic, explicit
+            solvent, virtual sites, Drude/AMOEBA) and for constraints that are not
+            Z-matrix bonds.
+
+        Notes
+        -----
         A fresh flow is the identity, so the generator starts as its prior. Its
         ``build_config`` is ``config`` with the flow size filled in, as a dict.
-
-        Raises ValueError for a System it would sample wrongly
-        (:func:`openmm_cmt.systems.support.check_supported`: periodic, explicit solvent,
-        virtual sites, Drude/AMOEBA) and for constraints that are not Z-matrix bonds.
         """
         from openmm_cmt.coordinates import InternalCoordinateTransform
         from openmm_cmt.coordinates.graph import as_molecule_graph

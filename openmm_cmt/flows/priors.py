@@ -28,10 +28,14 @@ BOUNDED_PRIORS = ("uniform", "truncated_normal")
 class IndependentPrior(nn.Module):
     """Product of one-dimensional priors chosen by kind (see the module docstring).
 
-    Args:
-        kinds: ``[dim]`` of UNBOUNDED / BOUNDED / CIRCULAR.
-        bounded: ``"uniform"`` or ``"truncated_normal"`` for BOUNDED dimensions.
-        sigma: standard deviation of the truncated normal (before truncation).
+    Parameters
+    ----------
+    kinds
+        ``[dim]`` of UNBOUNDED / BOUNDED / CIRCULAR.
+    bounded
+        ``"uniform"`` or ``"truncated_normal"`` for BOUNDED dimensions.
+    sigma
+        standard deviation of the truncated normal (before truncation).
     """
 
     def __init__(self, kinds: Sequence[int], bounded: str = "uniform", sigma: float = 0.5):

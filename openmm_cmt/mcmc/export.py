@@ -251,9 +251,12 @@ def generator_python_force(path_or_module, system: openmm.System | None = None, 
     """An ``openmm.PythonForce`` adding E_BG(x) = -kT log q(x) (kJ/mol, forces by autograd);
     needs no openmm-torch.
 
-    Args:
-        path_or_module: an exported file, or a scripted ``GeneratorEnergy``.
-        system, topology: checked against the file's metadata when given.
+    Parameters
+    ----------
+    path_or_module
+        an exported file, or a scripted ``GeneratorEnergy``.
+    system, topology
+        checked against the file's metadata when given.
     """
     if isinstance(path_or_module, (str, os.PathLike)):
         metadata = read_metadata(path_or_module)

@@ -32,30 +32,45 @@ from openmm_cmt.replicas.replicated_context import ReplicatedContext
 class ManyChainHybridMC:
     """``n_chains`` hybrid chains of ``molsys`` run side by side.
 
-    Args:
-        molsys: a ``MolecularSystem`` (no virtual sites; its bond constraints, if any,
-            must be the ones the generator holds fixed).
-        generator: a ``Generator``, the path of an exported file, or a sampler.
-        n_chains: K.
-        md_steps: Langevin steps between proposal rounds (0: generator moves only).
-        timestep: ps; collision_rate: 1/ps (``LangevinMiddleIntegrator`` at
-            ``molsys.temperature``).
-        platform: OpenMM platform name or ``"auto"`` (:mod:`openmm_cmt.energy.platforms`).
-        energy: an ``EnergyEngine`` for ``molsys`` giving exact per-copy energies; default
-            ``create_energy(molsys)``.
-        positions: starting conformation ``[N, 3]`` nm (default ``molsys.positions``) or
-            one per chain ``[K, N, 3]``.
-        seed: seeds proposals, acceptance draws, velocities and the integrator.
-        spacing, cutoff, properties: of the ``ReplicatedContext``.
+    Parameters
+    ----------
+    molsys
+        a ``MolecularSystem`` (no virtual sites; its bond constraints, if any,
+        must be the ones the generator holds fixed).
+    generator
+        a ``Generator``, the path of an exported file, or a sampler.
+    n_chains
+        K.
+    md_steps
+        Langevin steps between proposal rounds (0: generator moves only).
+    timestep, collision_rate
+        ps and 1/ps (``LangevinMiddleIntegrator`` at ``molsys.temperature``).
+    platform
+        OpenMM platform name or ``"auto"`` (:mod:`openmm_cmt.energy.platforms`).
+    energy
+        an ``EnergyEngine`` for ``molsys`` giving exact per-copy energies; default
+        ``create_energy(molsys)``.
+    positions
+        starting conformation ``[N, 3]`` nm (default ``molsys.positions``) or
+        one per chain ``[K, N, 3]``.
+    seed
+        seeds proposals, acceptance draws, velocities and the integrator.
+    spacing, cutoff, properties
+        of the ``ReplicatedContext``.
 
-    Attributes:
-        n_proposed, n_accepted: per-chain counts ``[K]``.
-        last: the last round's ``u_old``, ``u_new``, ``log_q_old``, ``log_q_new``,
-            ``log_acceptance``, ``uniform`` (the draws compared with the acceptance
-            probability), ``accepted``, ``x_old``, ``x_new`` (all per chain).
-        md_seconds, proposal_seconds: wall time spent in each part.
-        replicas: the ``ReplicatedContext``; move the chains through ``run`` and
-            ``propose`` only (they keep track of which states MD has changed).
+    Attributes
+    ----------
+    n_proposed, n_accepted
+        per-chain counts ``[K]``.
+    last
+        the last round's ``u_old``, ``u_new``, ``log_q_old``, ``log_q_new``,
+        ``log_acceptance``, ``uniform`` (the draws compared with the acceptance
+        probability), ``accepted``, ``x_old``, ``x_new`` (all per chain).
+    md_seconds, proposal_seconds
+        wall time spent in each part.
+    replicas
+        the ``ReplicatedContext``; move the chains through ``run`` and
+        ``propose`` only (they keep track of which states MD has changed).
     """
 
     def __init__(

@@ -39,16 +39,24 @@ from openmm_cmt.mcmc.proposals import (
 class BoltzmannGeneratorMove(MCMCMove):
     """Independence Metropolis-Hastings move with proposals from a Boltzmann generator.
 
-    Args:
-        generator: a ``Generator``, the path of an exported file, or a sampler.
-        batch_size: proposals drawn per generator call.
-        seed: seeds the proposals, the acceptance draws and the velocities.
-        redraw_velocities: draw Maxwell-Boltzmann velocities after an accepted jump.
+    Parameters
+    ----------
+    generator
+        a ``Generator``, the path of an exported file, or a sampler.
+    batch_size
+        proposals drawn per generator call.
+    seed
+        seeds the proposals, the acceptance draws and the velocities.
+    redraw_velocities
+        draw Maxwell-Boltzmann velocities after an accepted jump.
 
-    Attributes:
-        n_proposed, n_accepted: counts, also as ``statistics`` (openmmtools convention).
-        last: the last proposal's reduced energies, log densities, log acceptance ratio
-            and decision.
+    Attributes
+    ----------
+    n_proposed, n_accepted
+        counts, also as ``statistics`` (openmmtools convention).
+    last
+        the last proposal's reduced energies, log densities, log acceptance ratio
+        and decision.
     """
 
     def __init__(self, generator, batch_size: int = 256, seed: int | None = None, redraw_velocities: bool = True):

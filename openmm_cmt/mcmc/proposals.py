@@ -162,13 +162,18 @@ def log_acceptance(u_old, u_new, log_q_old, log_q_new) -> np.ndarray:
 class GeneratorProposal:
     """Rotated, re-centred draws from a generator, and its log densities.
 
-    Args:
-        generator: see :func:`as_generator`.
-        batch_size: proposals drawn per ``generator.sample`` call.
-        seed: an int or ``numpy.random.SeedSequence``; seeds the rotations (numpy) and the
-            generator's draws (a private torch RNG stream: the global one is untouched).
-            None uses fresh entropy for the rotations and torch's global RNG for the draws.
-        system, topology: checked against the generator when given.
+    Parameters
+    ----------
+    generator
+        see :func:`as_generator`.
+    batch_size
+        proposals drawn per ``generator.sample`` call.
+    seed
+        an int or ``numpy.random.SeedSequence``; seeds the rotations (numpy) and the
+        generator's draws (a private torch RNG stream: the global one is untouched).
+        None uses fresh entropy for the rotations and torch's global RNG for the draws.
+    system, topology
+        checked against the generator when given.
     """
 
     def __init__(self, generator, batch_size: int = 256, seed: int | None = None, system=None, topology=None):

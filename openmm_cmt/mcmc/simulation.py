@@ -42,21 +42,32 @@ from openmm_cmt.mcmc.proposals import (
 class HybridMC:
     """Interleaves ``simulation.step(md_steps)`` with generator proposals.
 
-    Args:
-        simulation: an ``openmm.app.Simulation`` (System without virtual sites; its bond
-            constraints, if any, must be the ones the generator holds fixed).
-        generator: a ``Generator``, the path of an exported file, or a sampler.
-        md_steps: MD steps between proposals (0: generator moves only).
-        temperature: K; default the integrator's ``getTemperature()``.
-        batch_size: proposals drawn per generator call.
-        seed: seeds proposals, acceptance draws and velocities.
-        redraw_velocities: draw Maxwell-Boltzmann velocities after an accepted jump
-            (required with constraints; they are then projected onto the manifold).
+    Parameters
+    ----------
+    simulation
+        an ``openmm.app.Simulation`` (System without virtual sites; its bond
+        constraints, if any, must be the ones the generator holds fixed).
+    generator
+        a ``Generator``, the path of an exported file, or a sampler.
+    md_steps
+        MD steps between proposals (0: generator moves only).
+    temperature
+        K; default the integrator's ``getTemperature()``.
+    batch_size
+        proposals drawn per generator call.
+    seed
+        seeds proposals, acceptance draws and velocities.
+    redraw_velocities
+        draw Maxwell-Boltzmann velocities after an accepted jump
+        (required with constraints; they are then projected onto the manifold).
 
-    Attributes:
-        n_proposed, n_accepted: counts; ``acceptance_rate`` is their ratio.
-        last: the last proposal's ``u_old``, ``u_new``, ``log_q_old``, ``log_q_new``,
-            ``log_acceptance``, ``accepted`` (reduced energies; nats).
+    Attributes
+    ----------
+    n_proposed, n_accepted
+        counts; ``acceptance_rate`` is their ratio.
+    last
+        the last proposal's ``u_old``, ``u_new``, ``log_q_old``, ``log_q_new``,
+        ``log_acceptance``, ``accepted`` (reduced energies; nats).
     """
 
     def __init__(

@@ -12,12 +12,17 @@ import numpy as np
 class SampleDistance:
     """A distance together with what it was measured on.
 
-    Attributes:
-        value: the distance.
-        n_a, n_b: numbers of samples; ess_a, ess_b: their Kish effective sizes (equal to
-            n when unweighted). A histogram distance has a noise floor that grows with
-            bins / ess, so report these next to it.
-        bins: histogram bins per axis (None where no histogram is involved).
+    Attributes
+    ----------
+    value
+        the distance.
+    n_a, n_b
+        numbers of samples.
+    ess_a, ess_b
+        their Kish effective sizes (equal to n when unweighted). A histogram distance
+        has a noise floor that grows with bins / ess, so report these next to it.
+    bins
+        histogram bins per axis (None where no histogram is involved).
     """
 
     value: float

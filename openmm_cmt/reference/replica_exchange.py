@@ -51,14 +51,22 @@ def default_energy(molsys, platform_name: str) -> EnergyEngine:
 class ReferenceSamples:
     """Frames at the lowest temperature and what produced them.
 
-    Attributes:
-        frames: ``[F, n_atoms, 3]`` nm, float32, in order of time then ladder.
-        energies: ``[F]`` kJ/mol.
-        ladder: ``[F]`` index of the ladder each frame comes from.
-        time_ps: ``[F]`` simulation time of each frame (equilibration included).
-        phi, psi: ``[F, k]`` radians (k = 0 without backbone dihedrals).
-        round_trips: ``[n_ladders, n_temps]`` per replica.
-        settings, diagnostics: JSON-serialisable dicts.
+    Attributes
+    ----------
+    frames
+        ``[F, n_atoms, 3]`` nm, float32, in order of time then ladder.
+    energies
+        ``[F]`` kJ/mol.
+    ladder
+        ``[F]`` index of the ladder each frame comes from.
+    time_ps
+        ``[F]`` simulation time of each frame (equilibration included).
+    phi, psi
+        ``[F, k]`` radians (k = 0 without backbone dihedrals).
+    round_trips
+        ``[n_ladders, n_temps]`` per replica.
+    settings, diagnostics
+        JSON-serialisable dicts.
     """
 
     frames: np.ndarray
@@ -131,25 +139,39 @@ def _steps(interval_ps: float, timestep_ps: float, what: str) -> int:
 class ReplicaExchange:
     """``n_ladders`` independent temperature ladders of one molecule in one Context.
 
-    Args:
-        molsys: the :class:`~openmm_cmt.systems.MolecularSystem`; every copy starts at
-            ``molsys.positions``.
-        temperatures: increasing temperatures in K; frames are kept at the first.
-        n_ladders: independent ladders (``n_ladders * len(temperatures)`` copies).
-        timestep: ps.
-        collision_rate: Langevin friction, 1/ps.
-        swap_interval, save_interval, recentre_interval: ps, multiples of the timestep.
-        platform: OpenMM platform name or ``"auto"`` (:mod:`openmm_cmt.energy.platforms`).
-        spacing, cutoff: grid spacing and pairwise cutoff of the replicated System, nm.
-        energy: engine for per-copy energies (default :func:`default_energy`, closed by
-            :meth:`close`; use the object as a context manager).
-        seed: seeds the velocities, the swaps and the integrator's noise.
-        platform_properties: passed to the Context.
-        engine: ``"openmm"`` (dynamics in an OpenMM Context on ``platform``) or
-            ``"torch"`` (dynamics in torch on ``device``, forces from the float64
-            TorchEnergy engine, which also gives the swap energies; ``platform``,
-            ``spacing``, ``cutoff`` and ``recentre_interval`` do not apply).
-        device: torch device of ``engine="torch"`` (default CPU).
+    Parameters
+    ----------
+    molsys
+        the :class:`~openmm_cmt.systems.MolecularSystem`; every copy starts at
+        ``molsys.positions``.
+    temperatures
+        increasing temperatures in K; frames are kept at the first.
+    n_ladders
+        independent ladders (``n_ladders * len(temperatures)`` copies).
+    timestep
+        ps.
+    collision_rate
+        Langevin friction, 1/ps.
+    swap_interval, save_interval, recentre_interval
+        ps, multiples of the timestep.
+    platform
+        OpenMM platform name or ``"auto"`` (:mod:`openmm_cmt.energy.platforms`).
+    spacing, cutoff
+        grid spacing and pairwise cutoff of the replicated System, nm.
+    energy
+        engine for per-copy energies (default :func:`default_energy`, closed by
+        :meth:`close`; use the object as a context manager).
+    seed
+        seeds the velocities, the swaps and the integrator's noise.
+    platform_properties
+        passed to the Context.
+    engine
+        ``"openmm"`` (dynamics in an OpenMM Context on ``platform``) or
+        ``"torch"`` (dynamics in torch on ``device``, forces from the float64
+        TorchEnergy engine, which also gives the swap energies; ``platform``,
+        ``spacing``, ``cutoff`` and ``recentre_interval`` do not apply).
+    device
+        torch device of ``engine="torch"`` (default CPU).
     """
 
     def __init__(

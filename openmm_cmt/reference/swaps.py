@@ -40,17 +40,25 @@ def swap_log_acceptance(beta_low, beta_high, energy_low, energy_high):
 def attempt_swaps(replica_at: np.ndarray, energies: np.ndarray, temperatures, parity: int, rng: np.random.Generator):
     """One round of neighbour swaps in every ladder.
 
-    Args:
-        replica_at: ``[n_ladders, n_temps]`` int, the replica at each temperature;
-            updated in place.
-        energies: ``[n_ladders, n_temps]`` kJ/mol, indexed by replica.
-        temperatures: ``[n_temps]`` K, increasing.
-        parity: 0 for pairs (0,1), (2,3), ...; 1 for (1,2), (3,4), ...
-        rng: numpy Generator for the Metropolis draws.
+    Parameters
+    ----------
+    replica_at
+        ``[n_ladders, n_temps]`` int, the replica at each temperature;
+        updated in place.
+    energies
+        ``[n_ladders, n_temps]`` kJ/mol, indexed by replica.
+    temperatures
+        ``[n_temps]`` K, increasing.
+    parity
+        0 for pairs (0,1), (2,3), ...; 1 for (1,2), (3,4), ...
+    rng
+        numpy Generator for the Metropolis draws.
 
-    Returns:
-        ``(pairs, accepted)``: the lower temperature index of each pair attempted
-        ``[n_pairs]`` and a bool array ``[n_ladders, n_pairs]``.
+    Returns
+    -------
+    (pairs, accepted) : tuple
+        The lower temperature index of each pair attempted ``[n_pairs]`` and a bool
+        array ``[n_ladders, n_pairs]``.
     """
     energies = np.asarray(energies, dtype=np.float64)
     if energies.shape != replica_at.shape:

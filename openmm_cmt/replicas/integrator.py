@@ -30,9 +30,12 @@ def per_copy_langevin_integrator(timestep: float = 0.001, collision_rate: float 
     """A BAOAB Langevin ``CustomIntegrator`` whose temperature is the per-DOF variable
     ``kT`` (kJ/mol), zero until :func:`set_copy_temperatures` is called.
 
-    Args:
-        timestep: ps.
-        collision_rate: friction gamma in 1/ps.
+    Parameters
+    ----------
+    timestep
+        ps.
+    collision_rate
+        friction gamma in 1/ps.
     """
     if not timestep > 0:
         raise ValueError(f"timestep must be positive (ps), got {timestep}")

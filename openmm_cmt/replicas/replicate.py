@@ -114,24 +114,32 @@ def replicate_system(
 ) -> tuple[openmm.System, np.ndarray]:
     """One System holding ``n_copies`` non-interacting copies of ``system``.
 
-    Args:
-        system: a molecule whose pairwise forces use ``NoCutoff``. Supported forces:
-            HarmonicBond/Angle, PeriodicTorsion, RBTorsion, CMAPTorsion, CustomBond,
-            CustomAngle, CustomTorsion, CustomCompoundBond (copied with index offsets);
-            NonbondedForce (becomes a CustomNonbondedForce with Coulomb and Lorentz-
-            Berthelot LJ plus a CustomBondForce for its exceptions); CustomNonbonded
-            and CustomGBForce (copied term by term); GBSAOBCForce (converted to the
-            equivalent CustomGBForce). CMMotionRemover is dropped.
-        n_copies: number of copies; copy ``c`` holds particles ``c*N .. c*N + N-1``.
-        spacing: grid spacing in nm.
-        cutoff: nm, for every pairwise force; must exceed the molecule's extent and be
-            below ``spacing`` minus the extent.
-        positions: optional single-molecule positions ``[N, 3]`` nm; when given, the
-            geometry is checked with :func:`check_geometry`.
+    Parameters
+    ----------
+    system
+        a molecule whose pairwise forces use ``NoCutoff``. Supported forces:
+        HarmonicBond/Angle, PeriodicTorsion, RBTorsion, CMAPTorsion, CustomBond,
+        CustomAngle, CustomTorsion, CustomCompoundBond (copied with index offsets);
+        NonbondedForce (becomes a CustomNonbondedForce with Coulomb and Lorentz-
+        Berthelot LJ plus a CustomBondForce for its exceptions); CustomNonbonded
+        and CustomGBForce (copied term by term); GBSAOBCForce (converted to the
+        equivalent CustomGBForce). CMMotionRemover is dropped.
+    n_copies
+        number of copies; copy ``c`` holds particles ``c*N .. c*N + N-1``.
+    spacing
+        grid spacing in nm.
+    cutoff
+        nm, for every pairwise force; must exceed the molecule's extent and be
+        below ``spacing`` minus the extent.
+    positions
+        optional single-molecule positions ``[N, 3]`` nm; when given, the
+        geometry is checked with :func:`check_geometry`.
 
-    Returns:
-        ``(replicated_system, offsets)`` where ``offsets [n_copies, 3]`` are the grid
-        points in nm; place copy ``c`` at ``x_c + offsets[c]``.
+    Returns
+    -------
+    (replicated_system, offsets) : tuple
+        ``offsets [n_copies, 3]`` are the grid points in nm; place copy ``c`` at
+        ``x_c + offsets[c]``.
     """
     if not cutoff > 0 or not spacing > cutoff:
         raise ValueError(f"need 0 < cutoff < spacing, got cutoff={cutoff}, spacing={spacing}")

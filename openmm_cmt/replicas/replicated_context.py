@@ -20,22 +20,34 @@ from openmm_cmt.replicas.integrator import set_copy_temperatures
 class ReplicatedContext:
     """``n_copies`` non-interacting copies of a molecule in one Context.
 
-    Args:
-        system: the single-molecule ``openmm.System`` (NoCutoff forces).
-        positions: one conformation ``[n_atoms, 3]`` nm that every copy starts from.
-        n_copies: number of copies.
-        integrator: an OpenMM integrator for the replicated System (e.g.
-            :func:`~openmm_cmt.replicas.integrator.per_copy_langevin_integrator`).
-        platform: an OpenMM platform name or ``"auto"``
-            (:mod:`openmm_cmt.energy.platforms`: CUDA, else CPU, else Reference).
-        spacing, cutoff: grid spacing and pairwise cutoff in nm (see
-            :func:`~openmm_cmt.replicas.replicate.replicate_system`).
-        properties: platform properties.
+    Parameters
+    ----------
+    system
+        the single-molecule ``openmm.System`` (NoCutoff forces).
+    positions
+        one conformation ``[n_atoms, 3]`` nm that every copy starts from.
+    n_copies
+        number of copies.
+    integrator
+        an OpenMM integrator for the replicated System (e.g.
+        :func:`~openmm_cmt.replicas.integrator.per_copy_langevin_integrator`).
+    platform
+        an OpenMM platform name or ``"auto"``
+        (:mod:`openmm_cmt.energy.platforms`: CUDA, else CPU, else Reference).
+    spacing, cutoff
+        grid spacing and pairwise cutoff in nm (see
+        :func:`~openmm_cmt.replicas.replicate.replicate_system`).
+    properties
+        platform properties.
 
-    Attributes:
-        offsets: grid points ``[n_copies, 3]`` nm.
-        platform_name: the platform used.
-        masses: ``[n_atoms]`` dalton.
+    Attributes
+    ----------
+    offsets
+        grid points ``[n_copies, 3]`` nm.
+    platform_name
+        the platform used.
+    masses
+        ``[n_atoms]`` dalton.
     """
 
     def __init__(

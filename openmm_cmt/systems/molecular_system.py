@@ -18,16 +18,23 @@ from openmm_cmt.systems.support import check_topology
 class MolecularSystem:
     """A molecule to sample: topology, force field, reference structure and temperature.
 
-    Attributes:
-        name: short identifier used in files and reports.
-        topology: ``openmm.app.Topology``; atom order is the System's particle order.
-        system: ``openmm.System`` defining the potential energy.
-        positions: reference positions, ``[n_atoms, 3]`` float64 in nm (a minimised
-            structure where the builder minimised it).
-        temperature: in K.
-        system_factory: optional picklable zero-argument callable rebuilding ``system``
-            (set for Systems that hold an ``openmm.PythonForce``, e.g. ML potentials);
-            engines may rebuild the System in worker processes with it.
+    Attributes
+    ----------
+    name
+        short identifier used in files and reports.
+    topology
+        ``openmm.app.Topology``; atom order is the System's particle order.
+    system
+        ``openmm.System`` defining the potential energy.
+    positions
+        reference positions, ``[n_atoms, 3]`` float64 in nm (a minimised
+        structure where the builder minimised it).
+    temperature
+        in K.
+    system_factory
+        optional picklable zero-argument callable rebuilding ``system``
+        (set for Systems that hold an ``openmm.PythonForce``, e.g. ML potentials);
+        engines may rebuild the System in worker processes with it.
     """
 
     name: str
@@ -93,14 +100,22 @@ class MolecularSystem:
     ) -> "MolecularSystem":
         """Build a system from a PDB file and OpenMM force-field XMLs.
 
-        Args:
-            path: PDB file with all atoms (hydrogens included).
-            forcefield_files: force-field XML files understood by ``openmm.app.ForceField``.
-            temperature: in K.
-            implicit_solvent: name of an implicit-solvent XML to add (``"obc1"``,
-                ``"obc2"``, ``"gbn"``, ``"gbn2"``, ``"hct"``, or any XML path), or None.
-            name: defaults to the file's stem.
+        Parameters
+        ----------
+        path
+            PDB file with all atoms (hydrogens included).
+        forcefield_files
+            force-field XML files understood by ``openmm.app.ForceField``.
+        temperature
+            in K.
+        implicit_solvent
+            name of an implicit-solvent XML to add (``"obc1"``,
+            ``"obc2"``, ``"gbn"``, ``"gbn2"``, ``"hct"``, or any XML path), or None.
+        name
+            defaults to the file's stem.
 
+        Notes
+        -----
         The System has no cutoff, no constraints and no rigid water, as Boltzmann
         generators over internal coordinates need every degree of freedom.
         """

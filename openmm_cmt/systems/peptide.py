@@ -40,18 +40,27 @@ def peptide(
 ) -> MolecularSystem:
     """A linear peptide built from its one-letter sequence.
 
-    Args:
-        sequence: one-letter codes of the 20 standard amino acids, N to C terminus
-            (case-insensitive).
-        caps: True for ACE-...-NME caps; False for charged (zwitterionic) termini,
-            NH3+ on the first residue and COO- (O, OXT) on the last.
-        forcefield: OpenMM force-field XML files, protein and implicit solvent; a
-            single file name is also accepted.
-        temperature: in K.
-        minimize: minimise the energy (tolerance ``MINIMIZER_TOLERANCE``); otherwise
-            the positions are the ideal geometry with Modeller's hydrogens.
-        name: defaults to ``ACE-<sequence>-NME`` or ``<sequence>``.
+    Parameters
+    ----------
+    sequence
+        one-letter codes of the 20 standard amino acids, N to C terminus
+        (case-insensitive).
+    caps
+        True for ACE-...-NME caps; False for charged (zwitterionic) termini,
+        NH3+ on the first residue and COO- (O, OXT) on the last.
+    forcefield
+        OpenMM force-field XML files, protein and implicit solvent; a
+        single file name is also accepted.
+    temperature
+        in K.
+    minimize
+        minimise the energy (tolerance ``MINIMIZER_TOLERANCE``); otherwise
+        the positions are the ideal geometry with Modeller's hydrogens.
+    name
+        defaults to ``ACE-<sequence>-NME`` or ``<sequence>``.
 
+    Notes
+    -----
     Amber force fields have no template for a free amino acid, so ``caps=False``
     needs at least two residues there (ValueError otherwise).
 

@@ -17,10 +17,12 @@ class AnnealingPath:
     """Base class of the annealing paths; subclasses are dataclasses whose fields are
     their settings (named as the fields of :class:`~openmm_cmt.cmt.CMTConfig`).
 
-    Attributes:
-        reverse_kl: True for a path that fits the model to the target by
-            reparameterised reverse KL instead of weighted forward KL towards
-            :math:`q_{i+1}` (the trainer then draws fresh samples per gradient step).
+    Attributes
+    ----------
+    reverse_kl
+        True for a path that fits the model to the target by
+        reparameterised reverse KL instead of weighted forward KL towards
+        :math:`q_{i+1}` (the trainer then draws fresh samples per gradient step).
     """
 
     reverse_kl = False

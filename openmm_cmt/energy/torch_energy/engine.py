@@ -34,22 +34,31 @@ def _compiler_available() -> bool:
 class TorchEnergyEngine(EnergyEngine):
     """Batched energies (and autograd forces) of a MolecularSystem with TorchEnergy.
 
-    Args:
-        molsys: a ``MolecularSystem`` (its ``system`` and ``kT`` are used).
-        device: where to compute; None picks CUDA when available, else CPU.
-        dtype: compute dtype, ``torch.float32`` or ``torch.float64``. Energies are
-            accumulated and returned in float64 either way.
-        compile: ``True``, ``False`` or ``"auto"`` (``torch.compile`` on CUDA, and on
-            CPU when a C++ compiler is found). The first compiled call of each kind
-            (energies; energies with forces) is checked against the eager module on a
-            few conformations; if compilation fails or disagrees, the engine warns and
-            uses the eager module for that kind of call.
-        memory_budget_bytes: bytes one chunk may use; default 1 GiB on CPU and half of
-            the free memory on CUDA. Batches are split into chunks of
-            ``chunk_size = budget // bytes_per_conformation`` conformations, the bytes
-            per conformation measured by a dry run of the module (``memory``).
+    Parameters
+    ----------
+    molsys
+        a ``MolecularSystem`` (its ``system`` and ``kT`` are used).
+    device
+        where to compute; None picks CUDA when available, else CPU.
+    dtype
+        compute dtype, ``torch.float32`` or ``torch.float64``. Energies are
+        accumulated and returned in float64 either way.
+    compile
+        ``True``, ``False`` or ``"auto"`` (``torch.compile`` on CUDA, and on
+        CPU when a C++ compiler is found). The first compiled call of each kind
+        (energies; energies with forces) is checked against the eager module on a
+        few conformations; if compilation fails or disagrees, the engine warns and
+        uses the eager module for that kind of call.
+    memory_budget_bytes
+        bytes one chunk may use; default 1 GiB on CPU and half of
+        the free memory on CUDA. Batches are split into chunks of
+        ``chunk_size = budget // bytes_per_conformation`` conformations, the bytes
+        per conformation measured by a dry run of the module (``memory``).
 
-    Raises ``UnsupportedSystemError`` when the System cannot be compiled.
+    Raises
+    ------
+    UnsupportedSystemError
+        When the System cannot be compiled.
     """
 
     def __init__(self, molsys, device=None, dtype=torch.float64, compile="auto", memory_budget_bytes=None):

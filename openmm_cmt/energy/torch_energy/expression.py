@@ -579,23 +579,33 @@ def compile_expression(
 ) -> CompiledExpression:
     """Compile an OpenMM expression into a TorchScript-able module.
 
-    Args:
-        expression: Lepton source (``"k*(r-r0)^2; k=..."``) or a parsed tree.
-        inputs: names of the variables passed at run time, in the order of ``v``.
-        constants: values of further variables (global parameters), folded in.
-        allowed_functions: extra functions allowed (``pointdistance``, ``pointangle``,
-            ``pointdihedral``).
-        tabulated: ``{name: (module, number of arguments)}`` of tabulated functions the
-            expression may call; each module maps a list of argument tensors to values
-            (see ``tabulated.build_function``).
+    Parameters
+    ----------
+    expression
+        Lepton source (``"k*(r-r0)^2; k=..."``) or a parsed tree.
+    inputs
+        names of the variables passed at run time, in the order of ``v``.
+    constants
+        values of further variables (global parameters), folded in.
+    allowed_functions
+        extra functions allowed (``pointdistance``, ``pointangle``,
+        ``pointdihedral``).
+    tabulated
+        ``{name: (module, number of arguments)}`` of tabulated functions the
+        expression may call; each module maps a list of argument tensors to values
+        (see ``tabulated.build_function``).
 
-    Returns:
+    Returns
+    -------
+    torch.nn.Module
         A module with ``forward(v: List[Tensor]) -> Tensor``. A constant expression
         returns a tensor shaped like ``v[0]``.
 
-    Raises:
-        ValueError: unparsable expression, unknown function, or a variable that is
-            neither an input nor a constant.
+    Raises
+    ------
+    ValueError
+        Unparsable expression, unknown function, or a variable that is neither an
+        input nor a constant.
     """
     text = expression if isinstance(expression, str) else "<tree>"
     node = parse(expression) if isinstance(expression, str) else expression
