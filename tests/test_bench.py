@@ -3,7 +3,6 @@
 import json
 
 import pytest
-import torch
 
 import openmm_cmt  # noqa: F401  (torch before openmm)
 from openmm_cmt.bench.energy import busy_cores

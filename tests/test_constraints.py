@@ -469,7 +469,7 @@ def test_a_missing_temperature_is_refused():
 # --- the same measure in exported files, openmmtools moves and saved runs ----------------------
 
 
-def test_exported_energy_uses_the_constrained_measure(molecule, generator, tmp_path):
+def test_exported_energy_uses_the_constrained_measure(molecule, generator, tmp_path, openmm_reference_energies):
     from openmm_cmt.mcmc.export import (
         check_compatible, export_generator, generator_python_force, load_generator, read_metadata,
     )
@@ -487,12 +487,9 @@ def test_exported_energy_uses_the_constrained_measure(molecule, generator, tmp_p
     system.addConstraint(0, 1, LENGTHS[0])
     system.addConstraint(1, 2, LENGTHS[1])
     system.addForce(generator_python_force(path, system))
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
     torch.manual_seed(5)
     x, log_q = generator.sample(3)
-    for xi, lq in zip(x.detach().numpy(), log_q.detach().numpy()):
-        context.setPositions(xi)
-        energy = context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
+    for energy, lq in zip(openmm_reference_energies(system, x.detach().numpy()), log_q.detach().numpy()):
         assert energy == pytest.approx(-molecule.kT * lq, rel=1e-9)  # -kT log q, metric factor included
 
 

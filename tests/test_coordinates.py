@@ -28,15 +28,9 @@ from openmm_cmt.coordinates import (
     stereocentres,
     validate_zmatrix,
 )
-from openmm_cmt.systems import alanine_dipeptide
 
 DATA = os.path.join(os.path.dirname(openmmtools.__file__), "data")
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
-
-
-@pytest.fixture(scope="module")
-def aldp():
-    return alanine_dipeptide()
 
 
 @pytest.fixture(scope="module")

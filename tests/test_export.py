@@ -2,14 +2,12 @@
 the PythonForce variant, metadata, compatibility checks, and the export command."""
 
 import json
-import math
-import zipfile
 
 import numpy as np
 import pytest
 import torch
 import openmm
-from openmm import app, unit
+from openmm import app
 
 from openmm_cmt.flows import Generator, GeneratorConfig
 from openmm_cmt.mcmc.export import (
@@ -21,12 +19,6 @@ from openmm_cmt.mcmc.export import (
     load_generator_force,
     read_metadata,
 )
-from openmm_cmt.systems import get
-
-
-@pytest.fixture(scope="module")
-def aldp():
-    return get("alanine-dipeptide")
 
 
 @pytest.fixture(scope="module")
@@ -71,21 +63,13 @@ def _expected_energy_and_forces(generator, kT, x):
     return energy.item(), -grad.numpy()
 
 
-def _context(aldp, force, platform):
+def _system(aldp, force):
+    """aldp's particles with ``force`` alone."""
     system = openmm.System()
     for i in range(aldp.n_atoms):
         system.addParticle(aldp.system.getParticleMass(i))
     system.addForce(force)
-    props = {"Threads": "1"} if platform == "CPU" else {}
-    return openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform), props)
-
-
-def _energy_and_forces(context, x):
-    context.setPositions(x)
-    state = context.getState(getEnergy=True, getForces=True)
-    energy = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-    forces = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
-    return energy, np.asarray(forces)
+    return system
 
 
 def test_metadata_and_scripted_methods(aldp, generator, exported, conformations):
@@ -116,11 +100,12 @@ def test_metadata_and_scripted_methods(aldp, generator, exported, conformations)
 
 
 @pytest.mark.parametrize("platform", ["Reference", "CPU"])
-def test_torch_force_gives_minus_kT_log_q_and_its_gradient(aldp, generator, exported, conformations, platform):
+def test_torch_force_gives_minus_kT_log_q_and_its_gradient(aldp, generator, exported, conformations, platform,
+                                                            openmm_reference_energies):
     path, _ = exported
-    context = _context(aldp, load_generator_force(path, aldp.system, aldp.topology), platform)
-    for x in conformations:
-        energy, forces = _energy_and_forces(context, x)
+    system = _system(aldp, load_generator_force(path, aldp.system, aldp.topology))
+    energies, all_forces = openmm_reference_energies(system, conformations, forces=True, platform=platform)
+    for x, energy, forces in zip(conformations, energies, all_forces):
         # Both platforms hand TorchForce double-precision positions and keep its float64
         # outputs, so the agreement is to rounding.
         expected_energy, expected_forces = _expected_energy_and_forces(generator, aldp.kT, x)
@@ -129,22 +114,19 @@ def test_torch_force_gives_minus_kT_log_q_and_its_gradient(aldp, generator, expo
         assert np.abs(expected_forces).max() > 1.0  # non-trivial forces
 
 
-def test_python_force_agrees_and_serialises(aldp, generator, exported, conformations):
+def test_python_force_agrees_and_serialises(aldp, generator, exported, conformations, openmm_reference_energies):
     path, _ = exported
-    force = generator_python_force(path, aldp.system, aldp.topology)
-    context = _context(aldp, force, "Reference")
-    restored = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(context.getSystem()))
-    reference = openmm.Platform.getPlatformByName("Reference")
-    context_restored = openmm.Context(restored, openmm.VerletIntegrator(0.001), reference)
-    for x in conformations:
+    system = _system(aldp, generator_python_force(path, aldp.system, aldp.topology))
+    restored = openmm.XmlSerializer.deserialize(openmm.XmlSerializer.serialize(system))
+    results = [openmm_reference_energies(s, conformations, forces=True) for s in (system, restored)]
+    for k, x in enumerate(conformations):
         expected_energy, expected_forces = _expected_energy_and_forces(generator, aldp.kT, x)
-        for c in (context, context_restored):
-            energy, forces = _energy_and_forces(c, x)
-            assert energy == pytest.approx(expected_energy, abs=1e-8)
-            np.testing.assert_allclose(forces, expected_forces, rtol=1e-8, atol=1e-8)
+        for energies, forces in results:
+            assert energies[k] == pytest.approx(expected_energy, abs=1e-8)
+            np.testing.assert_allclose(forces[k], expected_forces, rtol=1e-8, atol=1e-8)
     scripted = load_generator(path)
-    context = _context(aldp, generator_python_force(scripted, aldp.system), "Reference")
-    energy, _ = _energy_and_forces(context, conformations[0])
+    system = _system(aldp, generator_python_force(scripted, aldp.system))
+    energy = openmm_reference_energies(system, conformations[:1])[0]
     assert energy == pytest.approx(_expected_energy_and_forces(generator, aldp.kT, conformations[0])[0], abs=1e-8)
 
 

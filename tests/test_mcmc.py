@@ -22,6 +22,8 @@ import openmm
 from openmm import app, unit
 from scipy import integrate, stats
 
+from conftest import reference_energies
+
 from openmm_cmt.flows import Generator, GeneratorConfig
 from openmm_cmt.mcmc.proposals import GeneratorProposal, as_generator, random_rotations
 from openmm_cmt.mcmc.simulation import HybridMC
@@ -131,12 +133,7 @@ def _simulation(molsys, seed=1, platform="CPU", system=None, integrator=None):
 
 
 def _reduced_energies(system, x):
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    out = []
-    for xi in np.asarray(x).reshape(-1, system.getNumParticles(), 3):
-        context.setPositions(xi)
-        out.append(context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole) / KT)
-    return np.array(out)
+    return reference_energies(system, np.asarray(x).reshape(-1, system.getNumParticles(), 3)) / KT
 
 
 # --- statistics --------------------------------------------------------------------------
@@ -219,6 +216,30 @@ def test_proposals_are_rigid_motions_of_generator_draws(chain, generator):
     np.testing.assert_allclose(distances(x), distances(draws), atol=1e-12)
     np.testing.assert_allclose((x * masses[:, None]).sum(1) / masses.sum(), centres, atol=1e-12)
     np.testing.assert_allclose(generator.log_prob(torch.as_tensor(x)).detach().numpy(), log_q, atol=1e-8)
+
+
+def test_seeded_proposals_draw_from_their_own_torch_generator(generator):
+    """A seeded proposal reproduces its draws whatever torch's global RNG does, and its
+    draws leave the global RNG state as they found it."""
+    state = torch.get_rng_state()
+    first = GeneratorProposal(generator, batch_size=16, seed=11)
+    x1, _ = first.draw(16)
+    x2, log_q2 = first.draw(16)  # a second generator call
+    assert torch.equal(state, torch.get_rng_state()), "a proposal draw must not touch torch's global RNG"
+    assert not np.array_equal(x2, x1), "a second generator call continues the stream, it does not restart it"
+    torch.manual_seed(123)
+    again = GeneratorProposal(generator, batch_size=16, seed=11)
+    np.testing.assert_array_equal(again.draw(16)[0], x1)
+    np.testing.assert_array_equal(again.draw(16)[1], log_q2)
+    other = GeneratorProposal(generator, batch_size=16, seed=12).draw(16)[0]
+    assert not np.array_equal(other, x1)
+    # Without a seed the draws come from torch's global RNG.
+    torch.manual_seed(4)
+    unseeded, _ = GeneratorProposal(generator, batch_size=16).draw(16)
+    torch.manual_seed(4)
+    with torch.no_grad():
+        expected, _ = generator.sample(16)
+    np.testing.assert_array_equal(unseeded, expected.numpy())
 
 
 def test_random_rotations_are_uniform_proper_rotations():

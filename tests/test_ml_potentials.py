@@ -12,7 +12,6 @@ import time
 import numpy as np
 import pytest
 import torch
-import openmm
 from openmm import app, unit
 
 openmmml = pytest.importorskip("openmmml", reason="openmm-ml is an optional dependency (the 'ml' extra)")
@@ -21,7 +20,7 @@ from ase.calculators.emt import EMT  # noqa: E402
 
 from openmm_cmt.energy.ml_energy import MLEnergy  # noqa: E402
 from openmm_cmt.energy.openmm_energy import OpenMMEnergy  # noqa: E402
-from openmm_cmt.systems import MolecularSystem, alanine_dipeptide, resolve  # noqa: E402
+from openmm_cmt.systems import MolecularSystem, resolve  # noqa: E402
 from openmm_cmt.systems import ml  # noqa: E402
 
 #: 1 eV in kJ/mol from the SI definitions (e * N_A / 1000), independent of ase.units.
@@ -29,11 +28,6 @@ EV_KJ_PER_MOL = 1.602176634e-19 * 6.02214076e23 / 1000.0
 #: ase.units (which openmm-ml converts with) uses CODATA 2014: its eV in kJ/mol is
 #: 96.4853329, 7.9e-9 relative above the exact SI value. Energies agree to this.
 CODATA_RTOL = 2e-8
-
-
-@pytest.fixture(scope="module")
-def aldp():
-    return alanine_dipeptide()
 
 
 def _conformations(molsys, n, seed=0, noise=0.005):

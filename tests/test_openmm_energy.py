@@ -19,23 +19,9 @@ from openmm import unit
 from openmm_cmt.energy import OpenMMEnergy
 from openmm_cmt.energy._pool_worker import evaluate, make_context
 from openmm_cmt.energy.platforms import AUTO_PLATFORMS, available_platforms, create_context, resolve_platform
-from openmm_cmt.systems import MolecularSystem, alanine_dipeptide
+from openmm_cmt.systems import MolecularSystem
 
 N_CONFORMATIONS = 1000
-
-
-def loop_energies(system, platform, x, forces=False):
-    """Independent answer: one Context, setPositions + getState per conformation."""
-    props = {"Threads": "1"} if platform == "CPU" else {}
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform), props)
-    energies, all_forces = [], []
-    for xi in x:
-        context.setPositions(xi)
-        state = context.getState(getEnergy=True, getForces=forces)
-        energies.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-        if forces:
-            all_forces.append(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
-    return (np.array(energies), np.array(all_forces)) if forces else np.array(energies)
 
 
 def proc_state(pid):
@@ -75,11 +61,6 @@ def wait_gone(pids, timeout=15.0):
 
 
 @pytest.fixture(scope="module")
-def aldp():
-    return alanine_dipeptide()
-
-
-@pytest.fixture(scope="module")
 def conformations(aldp):
     rng = np.random.default_rng(0)
     return aldp.positions[None] + 0.015 * rng.standard_normal((N_CONFORMATIONS, aldp.n_atoms, 3))
@@ -93,8 +74,8 @@ def pool(aldp):
 
 
 @pytest.fixture(scope="module")
-def reference(aldp, pool, conformations):
-    return loop_energies(aldp.system, pool.platform, conformations, forces=True)
+def reference(aldp, pool, conformations, openmm_reference_energies):
+    return openmm_reference_energies(aldp.system, conformations, forces=True, platform=pool.platform)
 
 
 def test_auto_platform_is_cuda_else_cpu(pool):
@@ -120,12 +101,12 @@ def test_pool_forces_equal_single_context_loop(pool, conformations, reference):
     np.testing.assert_array_less(np.abs(f - f_ref) / scale, 1e-6)
 
 
-def test_reduced_energy_torch_in_torch_out(pool, aldp, conformations, reference):
+def test_reduced_energy_torch_in_torch_out(pool, aldp, conformations, reference, openmm_reference_energies):
     e_ref, f_ref = reference
     x = torch.as_tensor(conformations[:50], dtype=torch.float32)
     u, g = pool.reduced_energy(x, forces=True)
     assert isinstance(u, torch.Tensor) and u.dtype == torch.float64 and u.shape == (50,)
-    u_ref = loop_energies(aldp.system, pool.platform, x.double().numpy()) / aldp.kT
+    u_ref = openmm_reference_energies(aldp.system, x.double().numpy(), platform=pool.platform) / aldp.kT
     np.testing.assert_allclose(u.numpy(), u_ref, rtol=1e-6)
     # __call__ is reduced_energy
     np.testing.assert_allclose(pool(x).numpy(), u.numpy(), rtol=0)
@@ -178,14 +159,14 @@ def test_nan_energy_from_openmm_gives_inf(pool, conformations):
     assert pool.n_nonfinite - before == 1
 
 
-def test_openmm_exception_for_one_conformation_gives_inf(aldp, conformations):
+def test_openmm_exception_for_one_conformation_gives_inf(aldp, conformations, openmm_reference_energies):
     """The worker routine itself: CPU raises on NaN coordinates; the next one is fine."""
     context = make_context(aldp.system, "CPU")
     x = conformations[:3].copy()
     x[1, 2, 1] = np.nan
     e, f = np.empty(3), np.empty((3, 22, 3))
     evaluate(context, x, e, f)
-    expected = loop_energies(aldp.system, "CPU", conformations[[0, 2]])
+    expected = openmm_reference_energies(aldp.system, conformations[[0, 2]], platform="CPU")
     assert e[1] == np.inf and np.all(f[1] == 0)
     np.testing.assert_allclose(e[[0, 2]], expected, rtol=1e-12)
 
@@ -205,11 +186,11 @@ def test_killed_worker_is_restarted_and_the_call_completes(pool, conformations, 
     np.testing.assert_allclose(pool.energy(conformations[:10]), e_ref[:10], rtol=1e-6)
 
 
-def test_in_process_engine_and_named_platform(aldp, conformations):
+def test_in_process_engine_and_named_platform(aldp, conformations, openmm_reference_energies):
     engine = OpenMMEnergy(aldp, platform="reference", n_workers=0)
     assert engine.platform == "Reference" and engine.worker_pids == []
     x = conformations[:20]
-    np.testing.assert_allclose(engine.energy(x), loop_energies(aldp.system, "Reference", x), rtol=1e-12)
+    np.testing.assert_allclose(engine.energy(x), openmm_reference_energies(aldp.system, x), rtol=1e-12)
     assert engine.n_evaluations == 20
     engine.close()
     with pytest.raises(RuntimeError, match="closed"):
@@ -344,7 +325,7 @@ _SCRIPT = textwrap.dedent(
 )
 
 
-def test_interrupted_then_killed_parent_leaves_no_workers(tmp_path, aldp):
+def test_interrupted_then_killed_parent_leaves_no_workers(tmp_path, aldp, openmm_reference_energies):
     (tmp_path / "system.xml").write_text(openmm.XmlSerializer.serialize(aldp.system))
     np.save(tmp_path / "positions.npy", aldp.positions)
     script = tmp_path / "run.py"
@@ -360,7 +341,7 @@ def test_interrupted_then_killed_parent_leaves_no_workers(tmp_path, aldp):
     assert len(pids) == 2 and len(set(pids)) == 2, proc.stdout  # the interrupted worker was replaced
     x0 = aldp.positions[None] + 0.01 * np.random.default_rng(0).standard_normal((1, 22, 3))
     energy = float(next(line.split()[1] for line in lines if line.startswith("ENERGY")))
-    np.testing.assert_allclose(energy, loop_energies(aldp.system, "CPU", x0)[0], rtol=1e-6)
+    np.testing.assert_allclose(energy, openmm_reference_energies(aldp.system, x0, platform="CPU")[0], rtol=1e-6)
     assert proc.returncode == -signal.SIGKILL
     assert wait_gone(pids) == []
 

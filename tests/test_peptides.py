@@ -52,15 +52,6 @@ def _torsion(a, b, c, d):
     return np.degrees(np.arctan2(np.dot(np.cross(b1, v), w), np.dot(v, w)))
 
 
-def _context(system):
-    return openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-
-
-def _energy(context, positions):
-    context.setPositions(positions)
-    return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-
-
 @pytest.mark.parametrize("name", list(REGISTERED))
 def test_registered_sizes(name, built):
     system = built[name][0]
@@ -194,26 +185,24 @@ def test_bond_lengths_near_force_field_equilibrium(key, built):
 
 
 @pytest.mark.parametrize("key", SYSTEM_KEYS)
-def test_positions_are_a_local_minimum(key, built):
+def test_positions_are_a_local_minimum(key, built, openmm_reference_energies):
     system, sequence, caps, _ = built[key]
-    context = _context(system.system)
-    energy = _energy(context, system.positions)
+    start = peptide(sequence, caps=caps, minimize=False).positions
+    displaced = system.positions + np.random.default_rng(1).normal(scale=0.002, size=(5, *system.positions.shape))
+    energies, forces = openmm_reference_energies(
+        system.system, np.concatenate([system.positions[None], start[None], displaced]), forces=True
+    )
+    energy = energies[0]
     assert np.isfinite(energy)
 
     # Stationary: OpenMM's forces meet the minimiser's RMS tolerance.
-    forces = context.getState(getForces=True).getForces(asNumpy=True)
-    forces = forces.value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
-    assert np.sqrt(np.mean(forces**2)) <= MINIMIZER_TOLERANCE
+    assert np.sqrt(np.mean(forces[0] ** 2)) <= MINIMIZER_TOLERANCE
 
     # Downhill from the ideal-geometry build.
-    start = peptide(sequence, caps=caps, minimize=False).positions
-    assert energy < _energy(context, start)
+    assert energy < energies[1]
 
     # A minimum, not a saddle: small random displacements cost energy.
-    rng = np.random.default_rng(1)
-    for _ in range(5):
-        displaced = system.positions + rng.normal(scale=0.002, size=system.positions.shape)
-        assert _energy(context, displaced) > energy
+    assert np.all(energies[2:] > energy)
 
     # Unstrained: at 300 K each harmonic bond and angle term holds kT/2 on average
     # (equipartition); a minimum must hold well under that.
@@ -298,7 +287,7 @@ def test_lower_case_and_fresh_copies():
 
 
 @pytest.mark.parametrize("key", [*REGISTERED, "all20-capped"])
-def test_torch_energy_equals_openmm(key, built):
+def test_torch_energy_equals_openmm(key, built, openmm_reference_energies):
     import torch
 
     from openmm_cmt.energy.torch_energy import TorchEnergy
@@ -308,19 +297,12 @@ def test_torch_energy_equals_openmm(key, built):
     xs = system.positions + np.concatenate(
         [np.zeros((1, system.n_atoms, 3)), rng.normal(scale=0.01, size=(5, system.n_atoms, 3))]
     )
-    context = _context(system.system)
-    expected_energy, expected_forces = [], []
-    for x in xs:
-        context.setPositions(x)
-        state = context.getState(getEnergy=True, getForces=True)
-        expected_energy.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-        expected_forces.append(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
+    expected_energy, expected_forces = openmm_reference_energies(system.system, xs, forces=True)
     module = TorchEnergy.from_openmm(system.system, dtype=torch.float64)
     x = torch.tensor(xs, requires_grad=True)
     energy = module(x)
     (grad,) = torch.autograd.grad(energy.sum(), x)
     np.testing.assert_allclose(energy.detach().numpy(), expected_energy, rtol=1e-8, atol=1e-6)
-    expected_forces = np.array(expected_forces)
     scale = np.abs(expected_forces).max()
     np.testing.assert_allclose(-grad.numpy(), expected_forces, rtol=0, atol=1e-7 * scale)
 

@@ -12,11 +12,10 @@ import warnings
 
 import numpy as np
 import pytest
-import openmm
 from openmm import app, unit
 
 from openmm_cmt.energy import OpenMMEnergy
-from openmm_cmt.systems import MolecularSystem, alanine_dipeptide
+from openmm_cmt.systems import alanine_dipeptide
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -45,6 +44,7 @@ _UNGUARDED = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_unguarded_script_starts_a_pool_and_runs_once(tmp_path, openmm_reference_energies):
     aldp = alanine_dipeptide()
     x = aldp.positions[None] + 0.01 * np.random.default_rng(0).standard_normal((40, aldp.n_atoms, 3))
@@ -82,6 +82,7 @@ def test_system_factory_from_main_is_refused_clearly(monkeypatch):
         OpenMMEnergy(aldp, platform="Reference", n_workers=1, system_factory=_local_factory)
 
 
+@pytest.mark.slow
 def test_stopped_worker_is_replaced_within_the_timeout_with_a_warning():
     aldp = alanine_dipeptide()
     x = aldp.positions[None] + 0.01 * np.random.default_rng(1).standard_normal((1500, aldp.n_atoms, 3))

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import torch  # noqa: F401  (before openmm)
 import openmm
-from openmm import app, unit
+from openmm import app
+
+from conftest import reference_energies
 
 from openmm_cmt.energy.openmm_energy import OpenMMEnergy
 from openmm_cmt.reference import ReplicaExchange, load_reference
@@ -28,22 +30,7 @@ from openmm_cmt.reference.swaps import (
     states_of_replicas,
     swap_log_acceptance,
 )
-from openmm_cmt.systems import alanine_dipeptide
 from openmm_cmt.units import MOLAR_GAS_CONSTANT
-
-
-@pytest.fixture(scope="module")
-def aldp():
-    return alanine_dipeptide()
-
-
-def _energy_forces(system, x, platform="Reference"):
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName(platform))
-    context.setPositions(np.asarray(x).reshape(-1, 3))
-    state = context.getState(getEnergy=True, getForces=True)
-    e = state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-    f = state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer)
-    return e, np.asarray(f)
 
 
 def _perturbed(positions, n, scale, seed):
@@ -55,11 +42,11 @@ def _assert_replica_sum(system, single_positions, platform, e_rtol, f_rtol, n_co
     """Replicated energy and forces equal the sums over single-molecule Contexts."""
     replicated, offsets = replicate_system(system, n_copies, positions=single_positions)
     xs = _perturbed(single_positions, n_copies, 0.01, seed=n_copies)
-    singles = [_energy_forces(system, x, platform) for x in xs]
+    e_singles, f_singles = reference_energies(system, xs, forces=True, platform=platform)
     placed = xs - xs.mean(1, keepdims=True) + offsets[:, None, :]
-    e, f = _energy_forces(replicated, placed, platform)
-    e_sum = sum(s[0] for s in singles)
-    f_all = np.concatenate([s[1] for s in singles])
+    (e,), (f,) = reference_energies(replicated, placed.reshape(1, -1, 3), forces=True, platform=platform)
+    e_sum = sum(e_singles)
+    f_all = np.concatenate(f_singles)
     assert abs(e - e_sum) <= e_rtol * abs(e_sum)
     assert np.abs(f - f_all).max() <= f_rtol * np.abs(f_all).max()
 
@@ -95,9 +82,9 @@ def test_obc_force_converts_to_equivalent_custom_gb(aldp, obc_system):
     xs = list(_perturbed(aldp.positions, 3, 0.02, seed=1))
     inside = aldp.positions.copy()
     inside[1] = inside[0] + [0.03, 0.0, 0.0]  # an atom inside a neighbour's scaled sphere
-    for x in xs + [inside]:
-        e_native, f_native = _energy_forces(native, x)
-        e_custom, f_custom = _energy_forces(custom, x)
+    xs = np.stack(xs + [inside])
+    for e_native, f_native, e_custom, f_custom in zip(*reference_energies(native, xs, forces=True),
+                                                      *reference_energies(custom, xs, forces=True)):
         assert abs(e_native - e_custom) <= 1e-7 * abs(e_native) + 1e-5
         assert np.abs(f_native - f_custom).max() <= 1e-6 * np.abs(f_native).max()
 
@@ -257,6 +244,7 @@ def test_swap_moves_temperatures_and_rescales_velocities(aldp):
         ReplicaExchange(aldp, [300.0, 300.0], platform="Reference", energy=energy)
 
 
+@pytest.mark.slow
 def test_reference_cli_writes_a_valid_file(aldp, tmp_path):
     from openmm_cmt.cli import main
 
@@ -285,8 +273,7 @@ def test_reference_cli_writes_a_valid_file(aldp, tmp_path):
     check_reference(settings, aldp)
     assert json.loads(json.dumps(diag)) == diag
     # the stored energies are those of the stored frames (independent OpenMM evaluation)
-    for k in (0, n_frames - 1):
-        e, _ = _energy_forces(aldp.system, ref["frames"][k].astype(np.float64))
+    for k, e in zip((0, n_frames - 1), reference_energies(aldp.system, ref["frames"][[0, n_frames - 1]])):
         assert abs(e - ref["energies"][k]) < 1e-3 * max(1.0, abs(e))
     assert not list(tmp_path.glob(".tmp-*"))
 

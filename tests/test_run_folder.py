@@ -18,7 +18,7 @@ import openmm
 from openmm_cmt import io as run_io
 from openmm_cmt.cli import main
 from openmm_cmt.presets import preset
-from openmm_cmt.sampler import BoltzmannGeneratorSampler, RunSaveError
+from openmm_cmt.sampler import BoltzmannGeneratorSampler
 from openmm_cmt.systems import files as system_files
 from openmm_cmt.systems.files import UntrustedRunError
 from openmm_cmt.systems import MolecularSystem, alanine_dipeptide

@@ -7,18 +7,7 @@ import openmm
 from openmm import app, unit
 
 import openmm_cmt.systems as systems
-from openmm_cmt.systems import MolecularSystem, alanine_dipeptide
-
-
-def direct_energy(system, positions):
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    context.setPositions(positions)
-    return context.getState(getEnergy=True).getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole)
-
-
-@pytest.fixture(scope="module")
-def aldp():
-    return alanine_dipeptide()
+from openmm_cmt.systems import MolecularSystem
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +18,12 @@ def aldp_pdb(aldp, tmp_path_factory):
     return path
 
 
-def test_alanine_dipeptide_is_openmmtools_implicit_without_constraints(aldp):
+def test_alanine_dipeptide_is_openmmtools_implicit_without_constraints(aldp, openmm_reference_energies):
     from openmmtools import testsystems
 
     expected = testsystems.AlanineDipeptideImplicit(constraints=None)
-    e_direct = direct_energy(expected.system, expected.positions)
-    assert direct_energy(aldp.system, aldp.positions) == pytest.approx(e_direct, rel=1e-12, abs=1e-9)
+    e_direct = openmm_reference_energies(expected.system, expected.positions.value_in_unit(unit.nanometer)[None])[0]
+    assert openmm_reference_energies(aldp.system, aldp.positions[None])[0] == pytest.approx(e_direct, rel=1e-12, abs=1e-9)
     assert aldp.n_atoms == 22 and aldp.dim == 60 and aldp.system.getNumConstraints() == 0
     assert aldp.temperature == 300.0
     assert aldp.kT == pytest.approx(300.0 * 8.314462618e-3, rel=1e-8)
@@ -92,7 +81,8 @@ def test_systems_of_other_packages_come_through_entry_points(aldp, monkeypatch):
     [(("amber14-all.xml",), "obc1", "CustomGBForce"), (("amber99sbildn.xml", "amber99_obc.xml"), None, "GBSAOBCForce")],
     ids=["amber14-obc1", "amber99sbildn-obc"],
 )
-def test_from_pdb_matches_a_direct_forcefield_build(aldp, aldp_pdb, forcefield_files, implicit, force_name):
+def test_from_pdb_matches_a_direct_forcefield_build(aldp, aldp_pdb, forcefield_files, implicit, force_name,
+                                                    openmm_reference_energies):
     molsys = MolecularSystem.from_pdb(aldp_pdb, forcefield_files, temperature=310.0, implicit_solvent=implicit)
     assert molsys.name == "aldp" and molsys.n_atoms == 22 and molsys.temperature == 310.0
     np.testing.assert_allclose(molsys.positions, aldp.positions, atol=1e-4)  # PDB keeps 0.001 Angstrom
@@ -103,9 +93,9 @@ def test_from_pdb_matches_a_direct_forcefield_build(aldp, aldp_pdb, forcefield_f
     pdb = app.PDBFile(str(aldp_pdb))
     files = list(forcefield_files) + (["implicit/obc1.xml"] if implicit else [])
     system = app.ForceField(*files).createSystem(pdb.topology, nonbondedMethod=app.NoCutoff, constraints=None)
-    expected = direct_energy(system, pdb.positions)
+    expected = openmm_reference_energies(system, pdb.getPositions(asNumpy=True).value_in_unit(unit.nanometer)[None])[0]
     assert np.isfinite(expected)
-    assert direct_energy(molsys.system, molsys.positions) == pytest.approx(expected, rel=1e-10, abs=1e-8)
+    assert openmm_reference_energies(molsys.system, molsys.positions[None])[0] == pytest.approx(expected, rel=1e-10, abs=1e-8)
 
 
 def test_from_pdb_bad_input(tmp_path, aldp_pdb):

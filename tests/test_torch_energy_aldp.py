@@ -14,21 +14,13 @@ input. Tolerances tol = 1e-8 (float64) and 1e-5 (float32), relative to:
 """
 
 import numpy as np
-import openmm
 import pytest
 import torch
-from openmm import unit
 
 from openmm_cmt.energy.torch_energy import TorchEnergy, TorchEnergyEngine
-from openmm_cmt.systems import alanine_dipeptide
 
 TOL = {torch.float64: 1e-8, torch.float32: 1e-5}
 N_CONFORMATIONS = 1000
-
-
-@pytest.fixture(scope="module")
-def aldp():
-    return alanine_dipeptide()
 
 
 @pytest.fixture(scope="module")
@@ -39,21 +31,10 @@ def conformations(aldp):
 
 
 @pytest.fixture(scope="module")
-def reference(aldp, conformations):
+def reference(aldp, conformations, openmm_reference_energies):
     """Energies [B], forces [B, N, 3] and the energy scale sum_force |E_force| [B]."""
-    system = openmm.XmlSerializer.clone(aldp.system)
-    for group, force in enumerate(system.getForces()):
-        force.setForceGroup(group)
-    context = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("Reference"))
-    energies, forces, scales = [], [], []
-    for x in conformations:
-        context.setPositions(x)
-        state = context.getState(getEnergy=True, getForces=True)
-        energies.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-        forces.append(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
-        scales.append(sum(abs(context.getState(getEnergy=True, groups={g}).getPotentialEnergy()
-                              .value_in_unit(unit.kilojoule_per_mole)) for g in range(system.getNumForces())))
-    return np.array(energies), np.array(forces), np.array(scales)
+    energies, forces, per_force = openmm_reference_energies(aldp.system, conformations, forces=True, per_force=True)
+    return energies, forces, np.abs(per_force).sum(1)
 
 
 def _relative_errors(e, f, reference):
@@ -71,6 +52,7 @@ def test_force_terms(aldp):
                      "CustomGBForce"]  # CMMotionRemover has no energy
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_energies_and_forces_match_openmm(aldp, conformations, reference, dtype):
     module = TorchEnergy.from_openmm(aldp.system, dtype=dtype)

@@ -19,6 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from openmm import unit
 
+from conftest import reference_energies
+
 from openmm_cmt.energy.torch_energy.custom import CUSTOM_BUILDERS
 from openmm_cmt.energy.torch_energy.errors import UnsupportedSystemError
 from openmm_cmt.energy.torch_energy.expression import compile_expression, parse
@@ -40,18 +42,6 @@ def evaluate(expression, **values):
     scripted = torch.jit.script(module)(tensors).numpy()
     np.testing.assert_array_equal(eager, scripted)
     return eager
-
-
-def openmm_reference(system, positions):
-    """Energies [B] and forces [B, N, 3] from OpenMM's Reference platform (float64)."""
-    context = openmm.Context(system, openmm.VerletIntegrator(0.001), openmm.Platform.getPlatformByName("Reference"))
-    energies, forces = [], []
-    for x in positions:
-        context.setPositions(np.asarray(x, dtype=np.float64))
-        state = context.getState(getEnergy=True, getForces=True)
-        energies.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-        forces.append(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
-    return np.array(energies), np.array(forces)
 
 
 def torch_energy_forces(term, positions, dtype):
@@ -80,7 +70,7 @@ def check_against_openmm(force, positions, dtype, n=None):
     n = positions.shape[1] if n is None else n
     system = system_with(force, n)
     term = CUSTOM_BUILDERS[type(force).__name__](force, system, dtype)
-    e_ref, f_ref = openmm_reference(system, positions)
+    e_ref, f_ref = reference_energies(system, positions, forces=True)
     e, f = torch_energy_forces(term, positions, dtype)
     tol = TOL[dtype]
     assert np.all(np.isfinite(e_ref)), e_ref
@@ -332,7 +322,7 @@ def test_random_expressions_match_openmm_lepton(expression):
         force.addPerBondParameter("b")
         force.addBond(0, 1, [a[k], b[k]])
         positions = np.array([[[0, 0, 0], [r[k], 0, 0]]], dtype=np.float64)
-        expected.append(openmm_reference(system_with(force, 2), positions)[0][0])
+        expected.append(reference_energies(system_with(force, 2), positions)[0])
     np.testing.assert_allclose(mine, expected, rtol=1e-9, atol=1e-9)
 
 

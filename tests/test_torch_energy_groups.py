@@ -7,7 +7,7 @@ import openmm
 import pytest
 import torch
 
-from test_torch_energy_native import openmm_reference
+from conftest import reference_energies
 
 from openmm_cmt.energy.torch_energy import TorchEnergy, UnsupportedSystemError
 from openmm_cmt.energy.torch_energy.module import UNSUPPORTED_REASONS, builders
@@ -30,7 +30,7 @@ def check_system(system, xs, dtype, energy_scale=None):
     compared at ``energy_scale`` [B] when given (sums of interaction magnitudes), else at |E|."""
     if dtype == torch.float32:
         xs = xs.astype(np.float32).astype(np.float64)
-    ref_e, ref_f = openmm_reference(system, xs)
+    ref_e, ref_f = reference_energies(system, xs, forces=True)
     module = TorchEnergy.from_openmm(system, dtype=dtype)
     x = torch.tensor(xs, dtype=dtype, requires_grad=True)
     e = module(x)

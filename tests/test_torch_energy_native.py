@@ -29,6 +29,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 from openmm import app, unit
 
+from conftest import reference_energies
+
 from openmm_cmt.energy.torch_energy import TorchEnergy, TorchEnergyEngine, UnsupportedSystemError
 from openmm_cmt.energy.torch_energy.bonded import cmap_coefficients
 from openmm_cmt.systems import MolecularSystem
@@ -36,19 +38,6 @@ from openmm_cmt.systems import MolecularSystem
 TOL = {torch.float64: 1e-8, torch.float32: 1e-5}
 DTYPES = [torch.float64, torch.float32]
 SETTINGS = settings(max_examples=12, deadline=None, derandomize=True)
-
-
-def openmm_reference(system, xs):
-    """Energies [B] and forces [B, N, 3] from a Reference Context, one conformation at a time."""
-    context = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("Reference"))
-    energies, forces = [], []
-    for x in xs:
-        context.setPositions(x)
-        state = context.getState(getEnergy=True, getForces=True)
-        energies.append(state.getPotentialEnergy().value_in_unit(unit.kilojoule_per_mole))
-        forces.append(state.getForces(asNumpy=True).value_in_unit(unit.kilojoule_per_mole / unit.nanometer))
-    del context
-    return np.array(energies), np.array(forces)
 
 
 def torch_energy_forces(system, xs, dtype):
@@ -68,13 +57,13 @@ def assert_matches_openmm(system, xs, dtype, interactions=None, rounded_input=Tr
     summed |E_i| and |F_i| are the error scales (see the module docstring)."""
     if dtype == torch.float32 and rounded_input:
         xs = xs.astype(np.float32).astype(np.float64)
-    ref_e, ref_f = openmm_reference(system, xs)
+    ref_e, ref_f = reference_energies(system, xs, forces=True)
     assert np.all(np.isfinite(ref_e)), "test geometry must give finite OpenMM energies"
     e, f = torch_energy_forces(system, xs, dtype)
     tol = TOL[dtype]
     scale_e, scale_f = np.abs(ref_e), _norms(ref_f)
     if dtype == torch.float32 and interactions is not None:
-        parts = [openmm_reference(s, xs if atoms is None else xs[:, atoms]) for s, atoms in interactions]
+        parts = [reference_energies(s, xs if atoms is None else xs[:, atoms], forces=True) for s, atoms in interactions]
         scale_e = np.maximum(scale_e, sum(np.abs(pe) for pe, _ in parts))
         scale_f = np.maximum(scale_f, sum(_norms(pf) for _, pf in parts))
     rel_e = np.abs(e - ref_e) / np.maximum(scale_e, 1.0)
@@ -387,7 +376,7 @@ def test_scripted_module_equals_eager():
     g_eager = torch.autograd.grad(e_eager.sum(), x)[0]
     g_script = torch.autograd.grad(e_script.sum(), x)[0]
     torch.testing.assert_close(g_script, g_eager, rtol=1e-12, atol=1e-12)
-    ref_e, _ = openmm_reference(system, x.detach().numpy())
+    ref_e, _ = reference_energies(system, x.detach().numpy(), forces=True)
     np.testing.assert_allclose(e_script.detach().numpy(), ref_e, rtol=1e-8)
 
 

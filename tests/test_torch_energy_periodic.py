@@ -12,7 +12,7 @@ import torch
 from openmm import unit
 
 from test_torch_energy_groups import check_system
-from test_torch_energy_native import openmm_reference
+from conftest import reference_energies
 
 from openmm_cmt.energy.torch_energy import TorchEnergy, UnsupportedSystemError
 from openmm_cmt.energy.torch_energy.geometry import minimum_image
@@ -143,7 +143,7 @@ def test_dispersion_correction_is_openmms():
             force.setParticleParameters(k, 0.0, *force.getParticleParameters(k)[1:])
         system = _system(4, np.diag([10.0, 10.0, 10.0]), force)
         x = np.array([[[0, 0, 0], [5, 0, 0], [0, 5, 0], [0, 0, 5]]], dtype=float)
-        ref_e, _ = openmm_reference(system, x)
+        ref_e = reference_energies(system, x)
         np.testing.assert_allclose(TorchEnergy.from_openmm(system)(torch.tensor(x)).numpy(), ref_e, rtol=1e-12)
 
 

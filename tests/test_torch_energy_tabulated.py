@@ -19,7 +19,8 @@ import pytest
 import torch
 from openmm import app, unit
 
-from test_torch_energy_custom import DTYPES, check_against_openmm, openmm_reference, system_with
+from conftest import reference_energies
+from test_torch_energy_custom import DTYPES, check_against_openmm, system_with
 from test_torch_energy_native import _aldp_pdb
 
 from openmm_cmt.energy.torch_energy import TorchEnergy
@@ -204,17 +205,8 @@ FORCE_FIELDS = [
 
 def _reference_with_scales(system, xs):
     """OpenMM Reference energies, forces and the float32 energy scale sum_force |E_force|."""
-    system = openmm.XmlSerializer.clone(system)
-    for group, force in enumerate(system.getForces()):
-        force.setForceGroup(group)
-    energies, forces = openmm_reference(system, xs)
-    context = openmm.Context(system, openmm.VerletIntegrator(1e-3), openmm.Platform.getPlatformByName("Reference"))
-    scales = []
-    for x in xs:
-        context.setPositions(x)
-        scales.append(sum(abs(context.getState(getEnergy=True, groups={g}).getPotentialEnergy()
-                              .value_in_unit(unit.kilojoule_per_mole)) for g in range(system.getNumForces())))
-    return energies, forces, np.array(scales)
+    energies, forces, per_force = reference_energies(system, xs, forces=True, per_force=True)
+    return energies, forces, np.abs(per_force).sum(1)
 
 
 def check_with_force_scales(system, xs):

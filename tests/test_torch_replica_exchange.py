@@ -9,11 +9,6 @@ from openmm_cmt.reference import ReplicaExchange, TorchReplicas, check_reference
 from openmm_cmt.replicas import copy_velocities, kinetic_temperatures
 
 
-@pytest.fixture(scope="module")
-def aldp():
-    return systems.get("alanine-dipeptide")
-
-
 def _total_energy_spread(molsys, timestep, time_ps=0.05):
     r = TorchReplicas(molsys, 4, timestep=timestep, collision_rate=0.0, seed=0)
     r.set_temperatures(np.full(4, 300.0))
@@ -27,6 +22,7 @@ def _total_energy_spread(molsys, timestep, time_ps=0.05):
     return totals.max(0) - totals.min(0)
 
 
+@pytest.mark.slow
 def test_without_friction_the_integrator_is_velocity_verlet_of_second_order(aldp):
     coarse, fine = _total_energy_spread(aldp, 0.0005), _total_energy_spread(aldp, 0.00025)
     # the total energy of a symplectic second-order scheme fluctuates as h^2
@@ -34,6 +30,7 @@ def test_without_friction_the_integrator_is_velocity_verlet_of_second_order(aldp
     assert np.all(fine < 0.3)
 
 
+@pytest.mark.slow
 def test_each_copy_reaches_its_own_temperature(aldp):
     temps = np.repeat([300.0, 600.0], 8)
     r = TorchReplicas(aldp, len(temps), timestep=0.001, collision_rate=10.0, seed=3)
@@ -50,6 +47,7 @@ def test_each_copy_reaches_its_own_temperature(aldp):
     assert np.all(np.abs(measured - [300.0, 600.0]) < 5 * error), measured
 
 
+@pytest.mark.slow
 def test_torch_replica_exchange_energies_match_openmm_reference(aldp, openmm_reference_energies):
     with ReplicaExchange(aldp, [300.0, 400.0, 550.0], n_ladders=2, engine="torch", seed=4, swap_interval=0.05,
                          save_interval=0.05) as rex:

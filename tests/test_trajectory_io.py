@@ -10,16 +10,10 @@ import openmm_cmt  # noqa: F401  (torch before openmm)
 from openmm_cmt.cli import main
 from openmm_cmt.presets import preset
 from openmm_cmt.sampler import BoltzmannGeneratorSampler
-from openmm_cmt.systems import alanine_dipeptide
 from openmm_cmt.trajectory_io import FORMATS, read_frames, sidecar_path, write_frames
 
 #: Largest coordinate error each format may make, nm.
 TOLERANCE = {".npz": 0.0, ".h5": 1e-6, ".dcd": 1e-6, ".xtc": 5.01e-4, ".pdb": 5.01e-5}
-
-
-@pytest.fixture(scope="module")
-def aldp():
-    return alanine_dipeptide()
 
 
 @pytest.fixture(scope="module")

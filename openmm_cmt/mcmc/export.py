@@ -27,7 +27,7 @@ import copy
 import io
 import json
 import os
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 import zipfile
 
 import numpy as np
@@ -91,9 +91,10 @@ class GeneratorEnergy(torch.nn.Module):
         return (-self.kT * log_q[0]).to(positions.dtype)
 
     @torch.jit.export
-    def sample(self, n: int) -> Tuple[torch.Tensor, torch.Tensor]:
-        """``(x [n, N, 3] nm, log_q [n])`` from the generator (canonical frame)."""
-        return self.generator.sample(n)
+    def sample(self, n: int, generator: Optional[torch.Generator] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        """``(x [n, N, 3] nm, log_q [n])`` from the generator (canonical frame), drawn from
+        ``generator`` (default: torch's global RNG)."""
+        return self.generator.sample(n, generator)
 
     @torch.jit.export
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:

@@ -91,9 +91,10 @@ def check_system(system: openmm.System, generator=None) -> dict:
 
 
 def as_generator(source, system: openmm.System | None = None, topology=None) -> torch.nn.Module:
-    """A module with ``sample(n)`` and ``log_prob(x)`` from ``source``: a ``Generator``
-    (or any module with that contract), the path of an exported file, or a sampler with
-    a ``generator`` attribute. Checked against ``system`` (and ``topology``) when given."""
+    """A module with ``sample(n, generator=None)`` and ``log_prob(x)`` from ``source``: a
+    ``Generator`` (or any module with that contract), the path of an exported file, or a
+    sampler with a ``generator`` attribute. Checked against ``system`` (and ``topology``)
+    when given."""
     if isinstance(source, (str, os.PathLike)):
         from openmm_cmt.mcmc.export import load_generator
 
@@ -170,7 +171,7 @@ class GeneratorProposal:
         proposals drawn per ``generator.sample`` call.
     seed
         an int or ``numpy.random.SeedSequence``; seeds the rotations (numpy) and the
-        generator's draws (a private torch RNG stream: the global one is untouched).
+        generator's draws (a ``torch.Generator`` of its own: the global RNG is untouched).
         None uses fresh entropy for the rotations and torch's global RNG for the draws.
     system, topology
         checked against the generator when given.
@@ -184,41 +185,25 @@ class GeneratorProposal:
         self.dtype = parameter.dtype if parameter is not None else torch.float64
         self.device = parameter.device if parameter is not None else torch.device("cpu")
         self.batch_size = int(batch_size)
-        self._torch_state = None
         rotations, draws = split_seed(seed, 2)
         self.rng = np.random.default_rng(rotations)
+        self.torch_rng = None
         if draws is not None:
-            with torch.random.fork_rng(devices=self._cuda_devices()):
-                torch.manual_seed(int(draws.generate_state(1)[0]))
-                self._torch_state = self._get_rng_state()
+            self.torch_rng = torch.Generator(device=self.device)
+            self.torch_rng.manual_seed(int(draws.generate_state(1)[0]))
         self._x = np.zeros((0, 0, 3))
         self._log_q = np.zeros(0)
         self._known_x = None
         self._known_log_q = None
 
-    def _cuda_devices(self) -> list:
-        return [self.device] if self.device.type == "cuda" else []
-
-    def _get_rng_state(self):
-        if self.device.type == "cuda":
-            return torch.cuda.get_rng_state(self.device)
-        return torch.get_rng_state()
-
-    def _set_rng_state(self, state) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.set_rng_state(state, self.device)
-        else:
-            torch.set_rng_state(state)
-
     @torch.no_grad()
     def _sample(self, n: int):
-        if self._torch_state is None:
+        # Unseeded proposals call sample(n) alone, so that modules with only that
+        # signature (files exported by earlier versions) keep working.
+        if self.torch_rng is None:
             x, log_q = self.generator.sample(n)
         else:
-            with torch.random.fork_rng(devices=self._cuda_devices()):
-                self._set_rng_state(self._torch_state)
-                x, log_q = self.generator.sample(n)
-                self._torch_state = self._get_rng_state()
+            x, log_q = self.generator.sample(n, self.torch_rng)
         return x.detach().double().cpu().numpy(), log_q.detach().double().cpu().numpy()
 
     def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
