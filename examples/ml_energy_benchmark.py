@@ -4,7 +4,7 @@ Paths:
     openmm-inprocess   OpenMMEnergy(n_workers=0): one Context, one conformation per call
     openmm-pool        OpenMMEnergy(n_workers="auto"): worker processes (the PythonForce is
                        rebuilt in each worker from the System XML)
-    batched-<device>   MLEnergy: the torchani model on whole batches (ANI only)
+    batched-<device>   TorchEnergyEngine, float32: the torchani model on whole batches (ANI only)
 
 Potentials:
     ase-emt            openmm-ml's 'ase' potential with ASE's EMT calculator (no download)
@@ -28,8 +28,8 @@ import time
 import numpy as np
 import torch
 
-from openmm_cmt.energy.ml_energy import MLEnergy
 from openmm_cmt.energy.openmm_energy import OpenMMEnergy
+from openmm_cmt.energy.torch_energy import TorchEnergyEngine
 from openmm_cmt.systems import MolecularSystem, alanine_dipeptide
 from openmm_cmt.systems import ml
 
@@ -109,7 +109,7 @@ def main(argv=None) -> list[dict]:
             record(label, "openmm-inprocess", rate(engine, x[: args.n_per_sample]))
         devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
         for device in devices:
-            engine = MLEnergy(ani, device=device)
+            engine = TorchEnergyEngine(ani, device=device, dtype=torch.float32)  # as openmm-ml runs ANI
             record(label, f"batched-{device}", rate(engine, x))
     if args.json:
         with open(args.json, "w") as handle:

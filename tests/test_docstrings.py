@@ -19,8 +19,7 @@ import openmm_cmt
 GOOGLE_HEADERS = {"Args:", "Returns:", "Raises:", "Attributes:", "Yields:"}
 
 #: Modules still allowed Google-style sections: they are being rewritten elsewhere, so
-#: their docstrings move to numpydoc with that work. ``energy.ml_energy`` holds none at
-#: present. Remove an entry once its module is converted, and drop napoleon's Google
+#: their docstrings move to numpydoc with that work. Remove an entry once its module is converted, and drop napoleon's Google
 #: parsing from docs/conf.py when this set is empty.
 GOOGLE_STYLE_ALLOWED = {
     "openmm_cmt.flows.splines",
@@ -28,7 +27,6 @@ GOOGLE_STYLE_ALLOWED = {
     "openmm_cmt.cmt.trainer",
     "openmm_cmt.cmt.compiled",
     "openmm_cmt.presets",
-    "openmm_cmt.energy.ml_energy",
     "openmm_cmt.systems.ml",
 }
 

@@ -2,15 +2,20 @@
 
 Independent answers: ASE calculators called directly (eV -> kJ/mol from the SI
 constants), classical energies of the parts from fresh OpenMM Contexts, and a torchani
-model with locally made random weights called directly.
+model with locally made random weights called directly. TorchEnergy's batched ANI terms
+(openmm_cmt.energy.torch_energy.ml) are checked against OpenMM's own evaluation of the
+same System.
 """
 
+import functools
 import math
 import pickle
 import time
+import warnings
 
 import numpy as np
 import pytest
+import openmm
 import torch
 from openmm import app, unit
 
@@ -18,8 +23,9 @@ openmmml = pytest.importorskip("openmmml", reason="openmm-ml is an optional depe
 ase = pytest.importorskip("ase", reason="ASE is needed for openmm-ml's 'ase' potential")
 from ase.calculators.emt import EMT  # noqa: E402
 
-from openmm_cmt.energy.ml_energy import MLEnergy  # noqa: E402
+from openmm_cmt.energy import create_energy  # noqa: E402
 from openmm_cmt.energy.openmm_energy import OpenMMEnergy  # noqa: E402
+from openmm_cmt.energy.torch_energy import TorchEnergy, TorchEnergyEngine, UnsupportedSystemError  # noqa: E402
 from openmm_cmt.systems import MolecularSystem, resolve  # noqa: E402
 from openmm_cmt.systems import ml  # noqa: E402
 
@@ -66,13 +72,8 @@ def test_ase_potential_matches_calculator_in_process_and_in_workers(emt_aldp, op
 
 
 def test_torch_energy_refuses_python_force_and_auto_falls_back(emt_aldp):
-    from openmm_cmt.energy import create_energy
-    from openmm_cmt.energy.torch_energy import TorchEnergy, UnsupportedSystemError
-
-    with pytest.raises(UnsupportedSystemError, match="PythonForce"):
+    with pytest.raises(UnsupportedSystemError, match="computing openmmml.models.asepotential._computeASE has no batched"):
         TorchEnergy.from_openmm(emt_aldp.system)
-    with pytest.raises(UnsupportedSystemError, match="no batched form"):
-        MLEnergy(emt_aldp)
     engine = create_energy(emt_aldp, engine="auto")
     try:
         # workers rebuild the PythonForce from the System XML, which pickles its function
@@ -236,9 +237,12 @@ def test_ani2x_spec_builds_from_local_weights(local_ani2x, monkeypatch):
     molsys = resolve("alanine-dipeptide:ani2x")
     assert molsys.name == "alanine-dipeptide:ani2x" and molsys.n_atoms == 22
     x = _conformations(molsys, 2, seed=3)
+    expected = _ani_direct(model, torchani, molsys, x)
     with OpenMMEnergy(molsys, platform="CPU", n_workers=0) as engine:
         # float32 model: relative precision about 1e-7 of energies near -1e6 kJ/mol
-        np.testing.assert_allclose(engine.energy(x), _ani_direct(model, torchani, molsys, x), rtol=2e-6)
+        np.testing.assert_allclose(engine.energy(x), expected, rtol=2e-6)
+    # TorchEnergy batches the eight-network ensemble
+    np.testing.assert_allclose(TorchEnergy.from_openmm(molsys.system)(torch.tensor(x)).numpy(), expected, rtol=2e-6)
 
 
 def test_ani2x_ml_mm_batched_matches_openmm_and_finite_differences(aldp, local_ani2x, monkeypatch, openmm_reference_energies):
@@ -254,8 +258,12 @@ def test_ani2x_ml_mm_batched_matches_openmm_and_finite_differences(aldp, local_a
     expected = (openmm_reference_energies(mm_full, x) - openmm_reference_energies(mm_solute, x[:, solute])
                 + _ani_direct(model[0], torchani, mixed, x, solute))
     np.testing.assert_allclose(e_omm, expected, rtol=2e-6)
-    batched = MLEnergy(mixed, device="cpu", chunk_size=3)  # two chunks: the chunking is exercised
-    assert batched.classical is not None  # the classical remainder runs through TorchEnergy
+    # TorchEnergy compiles the whole ML/MM System: the ANI term next to the classical ones
+    probe = TorchEnergyEngine(mixed, device="cpu", compile=False)
+    batched = TorchEnergyEngine(mixed, device="cpu", compile=False, memory_budget_bytes=3 * probe.bytes_per_conformation())
+    assert batched.chunk_size == 3  # two chunks: the chunking is exercised
+    kinds = [name.split(":")[1] for name in batched.term_names()]
+    assert {"PythonForce", "HarmonicBondForce", "NonbondedForce"} <= set(kinds)
     e_b, f_b = batched.energy(x, forces=True)
     assert batched.n_evaluations == 4
     np.testing.assert_allclose(e_b, e_omm, rtol=2e-6)
@@ -271,6 +279,74 @@ def test_ani2x_ml_mm_batched_matches_openmm_and_finite_differences(aldp, local_a
         step[0, atom, axis] = h
         fd = -(batched.energy(x[:1] + step) - batched.energy(x[:1] - step))[0] / (2 * h)
         assert abs(fd - f_b[0, atom, axis]) < 0.05 * abs(f_b[0, atom, axis]) + 15.0
+
+
+@pytest.fixture(scope="module")
+def ani_aldp(aldp, local_ani2x):
+    """Alanine dipeptide with one ANI-2x network of random weights (pure ML)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TORCHANI_DATA_DIR", str(local_ani2x[0]))
+        return MolecularSystem.from_ml_potential(aldp.topology, aldp.positions, "ani2x", modelIndex=0, download=False)
+
+
+def _openmm_ml_ani_system(molsys, model, periodic=False):
+    """The System openmm-ml's ANI potential builds for ``model``, with openmm-ml's own
+    computation (forces per Angstrom in openmm-ml 1.8) rather than the one openmm_cmt
+    substitutes."""
+    from openmmml.models.anipotential import _computeANI
+
+    species = torch.tensor([[a.element.atomic_number for a in molsys.topology.atoms()]])
+    pbc = torch.tensor([True, True, True]) if periodic else None
+    system = openmm.System()
+    for i in range(molsys.n_atoms):
+        system.addParticle(molsys.system.getParticleMass(i))
+    system.setDefaultPeriodicBoxVectors(*(np.eye(3) * 3.0))
+    force = openmm.PythonForce(functools.partial(_computeANI, model=model, species=species, pbc=pbc))
+    force.setUsesPeriodicBoundaryConditions(periodic)
+    system.addForce(force)
+    return system
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_ani_term_matches_openmm_energies_and_forces(ani_aldp, dtype):
+    x = _conformations(ani_aldp, 6, seed=5, noise=0.01)
+    with OpenMMEnergy(ani_aldp, platform="Reference", n_workers=0) as engine:
+        e_omm, f_omm = engine.energy(x, forces=True)
+    module = TorchEnergy.from_openmm(ani_aldp.system, dtype=dtype)
+    assert module.term_names() == ["0:PythonForce"]  # CMMotionRemover has no energy
+    assert next(module.terms[0].model.parameters()).dtype == dtype  # computes in the dtype it was built with
+    xt = torch.tensor(x, dtype=dtype, requires_grad=True)
+    e = module(xt)
+    (grad,) = torch.autograd.grad(e.sum(), xt)
+    assert e.dtype == torch.float64
+    # float32 model in OpenMM: relative precision about 1e-7 of energies near -1e6 kJ/mol
+    np.testing.assert_allclose(e.detach().numpy(), e_omm, rtol=2e-6)
+    np.testing.assert_allclose(-grad.numpy(), f_omm, rtol=0, atol=1e-4 * np.abs(f_omm).max())
+
+
+def test_ani_term_of_openmm_ml_own_computation(ani_aldp, local_ani2x, openmm_reference_energies):
+    plain = _openmm_ml_ani_system(ani_aldp, local_ani2x[1][0])
+    x = _conformations(ani_aldp, 4, seed=6, noise=0.01)
+    np.testing.assert_allclose(TorchEnergy.from_openmm(plain)(torch.tensor(x)).numpy(),
+                               openmm_reference_energies(plain, x), rtol=2e-6)
+
+
+def test_create_energy_batches_ani_eagerly(ani_aldp, openmm_reference_energies):
+    x = _conformations(ani_aldp, 3, seed=7, noise=0.01)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # neither a failed memory dry run nor a failed compilation
+        engine = create_energy(ani_aldp, engine="auto", device="cpu", compile="auto")
+    # torch.compile and the meta-device dry run cannot follow torchani's neighbour lists
+    assert isinstance(engine, TorchEnergyEngine) and not engine.compiled and engine.chunk_size > 64
+    np.testing.assert_allclose(engine.energy(x), openmm_reference_energies(ani_aldp.system, x), rtol=2e-6)
+    with pytest.warns(RuntimeWarning, match="data-dependent shapes"):
+        assert not TorchEnergyEngine(ani_aldp, device="cpu", compile=True).compiled
+
+
+def test_periodic_ani_is_refused(ani_aldp, local_ani2x):
+    system = _openmm_ml_ani_system(ani_aldp, local_ani2x[1][0], periodic=True)
+    with pytest.raises(UnsupportedSystemError, match="periodic ANI potential has no batched form"):
+        TorchEnergy.from_openmm(system)
 
 
 # -- training ---------------------------------------------------------------------------------

@@ -175,6 +175,20 @@ def test_every_openmm_force_class_is_built_or_refused_with_a_reason():
         TorchEnergy.from_openmm(system)
 
 
+def _zero_computation(state):
+    return 0.0, np.zeros((N, 3))
+
+
+def test_python_force_without_a_batched_form_is_refused():
+    # (the ANI computations openmm-ml creates are batched: tests/test_ml_potentials.py)
+    for computation, message in [(_zero_computation, "computing .*_zero_computation has no batched form"),
+                                 (lambda state: _zero_computation(state), "could not be pickled")]:
+        system = _system()
+        system.addForce(openmm.PythonForce(computation))
+        with pytest.raises(UnsupportedSystemError, match=message):
+            TorchEnergy.from_openmm(system)
+
+
 class RadiusOfGyration(torch.nn.Module):
     def __init__(self, atoms):
         super().__init__()

@@ -1,7 +1,8 @@
 """Energy engines: an OpenMM System becomes u(x) = E(x)/kT for batches of conformations.
 
 - ``OpenMMEnergy``: exact, one OpenMM evaluation per conformation on a pool of Contexts.
-- ``TorchEnergy``: the same System compiled to one batched torch module (CPU or GPU).
+- ``TorchEnergy``: the same System compiled to one batched torch module (CPU or GPU),
+  openmm-ml's ANI potentials included.
 - ``create_energy``: picks TorchEnergy when the System is supported, else OpenMMEnergy.
 """
 

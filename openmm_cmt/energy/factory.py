@@ -17,7 +17,9 @@ def create_energy(
     engine
         ``"torch"`` (batched TorchEnergy), ``"openmm"`` (exact OpenMMEnergy pool)
         or ``"auto"``: TorchEnergy when every force of the System is supported,
-        otherwise OpenMMEnergy.
+        otherwise OpenMMEnergy. openmm-ml's ANI potentials are supported (evaluated
+        batched, see ``openmm_cmt.energy.torch_energy.ml``); other openmm-ml
+        potentials go to OpenMMEnergy.
     device, dtype, compile
         for the torch engine (``compile``: torch.compile the
         module; ``"auto"``: on CUDA, and on CPU when a C++ compiler is present).
@@ -34,15 +36,6 @@ def create_energy(
         except UnsupportedSystemError:
             if engine == "torch":
                 raise
-        from openmm_cmt.energy.ml_energy import MLEnergy
-        from openmm_cmt.systems.ml import python_forces
-
-        if python_forces(molsys.system):
-            # Machine-learned potentials: a batched model beats one call per conformation.
-            try:
-                return MLEnergy(molsys, device=device)
-            except UnsupportedSystemError:
-                pass
     from openmm_cmt.energy.openmm_energy import OpenMMEnergy
 
     return OpenMMEnergy(molsys, **openmm_kwargs)

@@ -32,14 +32,13 @@ expects per nm (10 times too small; energies are right). ``build_ml_system`` sub
 :func:`_compute_ani`, the same model and inputs with forces in kJ/mol/nm (checked against
 finite differences in the tests).
 
-:class:`openmm_cmt.energy.ml_energy.MLEnergy` evaluates ANI potentials batched, from the
-pieces this module exposes (:func:`python_forces`, :func:`without_forces`).
+TorchEnergy evaluates the ANI PythonForces of these Systems batched
+(``openmm_cmt.energy.torch_energy.ml``), classical forces of an ML/MM System alongside.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import inspect
 import os
@@ -298,25 +297,23 @@ def _corrected(compute):
 
 
 @contextlib.contextmanager
-def _python_force_hook(created: list):
+def _python_force_hook():
     """While openmm-ml builds, route every ``openmm.PythonForce(compute)`` through
-    ``_corrected`` and record the compute functions in ``created`` (in creation order)."""
+    ``_corrected``."""
     real = openmm.PythonForce
 
     def make(compute, *args, **kwargs):
-        compute = _corrected(compute)
-        created.append(compute)
-        return real(compute, *args, **kwargs)
+        return real(_corrected(compute), *args, **kwargs)
 
     openmm.PythonForce = make
     try:
-        yield created
+        yield
     finally:
         openmm.PythonForce = real
 
 
 def build_ml_system(topology: app.Topology, potential: str, ml_atoms=None, classical_system=None,
-                    download="auto", computes: list | None = None, **kwargs) -> openmm.System:
+                    download="auto", **kwargs) -> openmm.System:
     """The OpenMM System of ``topology`` with energies from openmm-ml's ``potential``.
 
     Args:
@@ -329,8 +326,6 @@ def build_ml_system(topology: app.Topology, potential: str, ml_atoms=None, class
         kwargs: passed to ``MLPotential(potential, ...)`` and to ``createSystem`` /
             ``createMixedSystem`` (e.g. ``calculator=`` for ``ase``, ``modelIndex=`` for
             ANI, ``modelPath=`` for local models).
-        computes: if a list, the compute function of each PythonForce created is
-            appended to it (what :class:`MLEnergy` batches).
 
     ANI forces use :func:`_compute_ani` (openmm-ml's computation with forces converted
     to kJ/mol/nm; openmm-ml 1.8 returns them per Angstrom).
@@ -355,7 +350,7 @@ def build_ml_system(topology: app.Topology, potential: str, ml_atoms=None, class
     offline = download is False or _offline()
     _, _, hint = weights_location(potential, **kwargs)
     try:
-        with _download_guard(offline), _python_force_hook(computes if computes is not None else []):
+        with _download_guard(offline), _python_force_hook():
             ml = MLPotential(potential, **ctor_kwargs)
             if atoms is None:
                 return ml.createSystem(topology, **system_kwargs)
@@ -383,8 +378,7 @@ def from_ml_potential(cls, topology, positions, potential: str, temperature: flo
         recipe = functools.partial(_rebuild, pickle.dumps(recipe))
     except Exception:
         recipe = None
-    computes = []
-    system = build_ml_system(topology, potential, ml_atoms, classical_system, download, computes, **kwargs)
+    system = build_ml_system(topology, potential, ml_atoms, classical_system, download, **kwargs)
     molsys = cls(
         name=name or f"ml-{potential}",
         topology=topology,
@@ -393,8 +387,6 @@ def from_ml_potential(cls, topology, positions, potential: str, temperature: flo
         temperature=temperature,
     )
     molsys.system_factory = recipe
-    # The PythonForces' compute functions, so that MLEnergy need not unpickle them from XML.
-    molsys._ml_computes = computes
     return molsys
 
 
@@ -417,30 +409,3 @@ def split_spec(spec: str) -> tuple[str, str] | None:
     if not base or not potential:
         raise ValueError(f"an ML SYSTEM spec is '<system>:<potential>' (e.g. alanine-dipeptide:ani2x), got {spec!r}")
     return base, potential
-
-
-# -- pieces of batched evaluation -----------------------------------------------------------
-
-
-def python_forces(system: openmm.System) -> list[int]:
-    """Indices of the ``openmm.PythonForce`` objects of ``system``."""
-    python_force = getattr(openmm, "PythonForce", None)
-    if python_force is None:
-        return []
-    return [i for i, f in enumerate(system.getForces()) if isinstance(f, python_force)]
-
-
-def without_forces(system: openmm.System, drop: list[int]) -> openmm.System:
-    """A copy of ``system`` without the forces at indices ``drop``."""
-    out = openmm.System()
-    for i in range(system.getNumParticles()):
-        out.addParticle(system.getParticleMass(i))
-        if system.isVirtualSite(i):
-            out.setVirtualSite(i, copy.deepcopy(system.getVirtualSite(i)))
-    for i in range(system.getNumConstraints()):
-        out.addConstraint(*system.getConstraintParameters(i))
-    out.setDefaultPeriodicBoxVectors(*system.getDefaultPeriodicBoxVectors())
-    for i, force in enumerate(system.getForces()):
-        if i not in drop:
-            out.addForce(copy.deepcopy(force))
-    return out

@@ -8,7 +8,8 @@ forces by autograd; it is ``torch.jit.script``-able. ``TorchEnergyEngine`` wraps
 
 Builders: ``build(force, system, dtype) -> nn.Module | None`` per OpenMM force class,
 native ones in ``bonded``, ``nonbonded`` and ``obc``, Custom*Force ones in ``custom``,
-``custom_groups`` and ``cv``; tabulated functions in ``tabulated``. Periodic systems
+``custom_groups`` and ``cv``, openmm-ml's PythonForce (ANI potentials, batched) in
+``ml``; tabulated functions in ``tabulated``. Periodic systems
 (CutoffPeriodic, periodic Custom forces) use minimum images in the System's fixed
 default box.
 

@@ -48,12 +48,15 @@ class TorchEnergyEngine(EnergyEngine):
         CPU when a C++ compiler is found). The first compiled call of each kind
         (energies; energies with forces) is checked against the eager module on a
         few conformations; if compilation fails or disagrees, the engine warns and
-        uses the eager module for that kind of call.
+        uses the eager module for that kind of call. A module with a term whose
+        shapes depend on the positions (``data_dependent_shapes``, e.g. the neighbour
+        lists of an ANI term) is never compiled (with a warning for ``True``).
     memory_budget_bytes
         bytes one chunk may use; default 1 GiB on CPU and half of
         the free memory on CUDA. Batches are split into chunks of
         ``chunk_size = budget // bytes_per_conformation`` conformations, the bytes
-        per conformation measured by a dry run of the module (``memory``).
+        per conformation measured by a dry run of the module (``memory``), or
+        estimated from the terms' ``work_elements`` when shapes depend on the data.
 
     Raises
     ------
@@ -70,8 +73,17 @@ class TorchEnergyEngine(EnergyEngine):
         self.device = torch.device(device)
         self.dtype = dtype
         self.module = TorchEnergy.from_openmm(molsys.system, dtype=dtype, device=self.device)
+        dynamic = [name for name, term in zip(self.module.names, self.module.terms)
+                   if getattr(term, "data_dependent_shapes", False)]
+        # Neither tracing on the meta device nor torch.compile gets past operations whose
+        # output shape depends on the values (torch 2.9 crashed compiling torchani).
+        self._static_shapes = not dynamic
         if compile == "auto":
-            compile = self.device.type == "cuda" or _compiler_available()
+            compile = self._static_shapes and (self.device.type == "cuda" or _compiler_available())
+        elif compile and dynamic:
+            warnings.warn(f"torch.compile skipped: terms {dynamic} have data-dependent shapes; using the eager module",
+                          RuntimeWarning, stacklevel=2)
+            compile = False
         self._compiled = torch.compile(self.module, dynamic=True) if compile else None
         self._checked = set()  # kinds of call (forces: True/False) whose compiled result was checked
         self._eager_only = set()  # kinds of call for which compilation failed
@@ -101,13 +113,16 @@ class TorchEnergyEngine(EnergyEngine):
         """Estimated peak bytes one conformation needs with forces (the larger case) in
         the eager module, from a dry run on the meta device (``memory``): what autograd
         saves plus the largest intermediates. Falls back to a per-interaction rule when
-        the dry run fails. Computed once."""
+        the dry run fails, and uses that rule without a dry run when a term's shapes
+        depend on the data. Computed once."""
         if self._bytes_per_conformation is None:
             try:
-                self._bytes_per_conformation = memory.bytes_per_conformation(self.module, self.n_atoms, self.dtype)
+                if self._static_shapes:
+                    self._bytes_per_conformation = memory.bytes_per_conformation(self.module, self.n_atoms, self.dtype)
             except Exception as err:  # an operation without a meta kernel
                 warnings.warn(f"memory dry run failed ({type(err).__name__}: {err}); using a conservative "
                               "per-interaction estimate", RuntimeWarning, stacklevel=2)
+            if self._bytes_per_conformation is None:
                 itemsize = torch.empty((), dtype=self.dtype).element_size()
                 self._bytes_per_conformation = (2 * _LIVE_COPIES * itemsize * self.module.work_elements()
                                                 + 64 * self.n_atoms)

@@ -23,7 +23,7 @@ import torch
 import openmm
 from torch import nn
 
-from openmm_cmt.energy.torch_energy import bonded, nonbonded, obc
+from openmm_cmt.energy.torch_energy import bonded, ml, nonbonded, obc
 from openmm_cmt.energy.torch_energy.custom import CUSTOM_BUILDERS
 from openmm_cmt.energy.torch_energy.custom_groups import GROUP_BUILDERS
 from openmm_cmt.energy.torch_energy.cv import custom_cv_builder
@@ -44,6 +44,7 @@ _NATIVE_BUILDERS: dict[str, Builder] = {
     "CMAPTorsionForce": bonded.build_cmap_torsion,
     "NonbondedForce": nonbonded.build_nonbonded,
     "GBSAOBCForce": obc.build_gbsa_obc,
+    "PythonForce": ml.build_python_force,
     "CMMotionRemover": _no_energy,
     "AndersenThermostat": _no_energy,
 }
@@ -67,7 +68,6 @@ UNSUPPORTED_REASONS: dict[str, str] = {
     "ATMForce": "the alchemical transfer method combines the energies of displaced Systems; not implemented",
     "ConstantPotentialForce": "constant-potential electrodes need a charge solve under Ewald sums",
     "LCPOForce": "the LCPO surface-area term is not implemented",
-    "PythonForce": "an arbitrary Python callback cannot be compiled to torch",
     "TorchForce": "evaluate the TorchScript model directly; it is not merged into TorchEnergy",
     "MonteCarloBarostat": "a barostat samples constant pressure (variable box); TorchEnergy's energies are at a fixed volume",
     "MonteCarloAnisotropicBarostat": "a barostat samples constant pressure (variable box); TorchEnergy's energies are at a fixed volume",
