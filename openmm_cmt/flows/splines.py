@@ -108,19 +108,6 @@ def _check_params(inputs: torch.Tensor, widths: torch.Tensor, heights: torch.Ten
         )
 
 
-@torch.jit.unused
-def _dynamo_compiling() -> bool:
-    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
-    return bool(is_compiling()) if is_compiling is not None else False
-
-
-def _compiling() -> bool:
-    """Whether ``torch.compile`` is tracing this call (never under TorchScript)."""
-    if torch.jit.is_scripting():
-        return False
-    return _dynamo_compiling()
-
-
 def _spline(
     inputs: torch.Tensor,
     cumwidths: torch.Tensor,
@@ -130,27 +117,15 @@ def _spline(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """The spline given knots ``[..., K + 1]`` and slopes ``[..., K + 1]``; inputs inside."""
     knots = cumheights if inverse else cumwidths
-    if _compiling():
-        # Under torch.compile the bin's knots are selected by a chain of ``where`` over
-        # the K bins: element-wise, so Inductor fuses it, and its backward has no
-        # scatter. (Inductor on CPU, torch 2.9, fused the scatter-add backward of
-        # ``gather`` into wrong gradients.) Eagerly, gathers are faster.
-        x_k, x_k1 = cumwidths[..., 0], cumwidths[..., 1]
-        y_k, y_k1 = cumheights[..., 0], cumheights[..., 1]
-        d_k, d_k1 = derivatives[..., 0], derivatives[..., 1]
-        for k in range(1, cumwidths.shape[-1] - 1):
-            right_of = inputs >= knots[..., k]
-            x_k, x_k1 = torch.where(right_of, cumwidths[..., k], x_k), torch.where(right_of, cumwidths[..., k + 1], x_k1)
-            y_k, y_k1 = torch.where(right_of, cumheights[..., k], y_k), torch.where(right_of, cumheights[..., k + 1], y_k1)
-            d_k, d_k1 = torch.where(right_of, derivatives[..., k], d_k), torch.where(right_of, derivatives[..., k + 1], d_k1)
-    else:
-        # Bin index = number of interior knots at or left of the input, in [0, K - 1].
-        # One gather of (k, k + 1) from the stacked knots and slopes: its backward is a
-        # single scatter, where six separate gathers would cost six.
-        bin_idx = torch.sum(inputs.unsqueeze(-1) >= knots[..., 1:-1], dim=-1, keepdim=True)
-        table = torch.stack([cumwidths, cumheights, derivatives], dim=-2)
-        index = torch.cat([bin_idx, bin_idx + 1], dim=-1).unsqueeze(-2).expand(table.shape[:-1] + (2,))
-        (x_k, x_k1), (y_k, y_k1), (d_k, d_k1) = [pair.unbind(-1) for pair in torch.gather(table, -1, index).unbind(-2)]
+    # Bin index = number of interior knots at or left of the input, in [0, K - 1].
+    # One gather of (k, k + 1) from the stacked knots and slopes: its backward is a single
+    # scatter, where six separate gathers would cost six. (Inductor on CPU, torch 2.9,
+    # fused the backward of six separate gathers into wrong gradients; it compiles this
+    # one exactly, and compiled flow calls are checked against eager on their first call.)
+    bin_idx = torch.sum(inputs.unsqueeze(-1) >= knots[..., 1:-1], dim=-1, keepdim=True)
+    table = torch.stack([cumwidths, cumheights, derivatives], dim=-2)
+    index = torch.cat([bin_idx, bin_idx + 1], dim=-1).unsqueeze(-2).expand(table.shape[:-1] + (2,))
+    (x_k, x_k1), (y_k, y_k1), (d_k, d_k1) = [pair.unbind(-1) for pair in torch.gather(table, -1, index).unbind(-2)]
     w_k = x_k1 - x_k
     h_k = y_k1 - y_k
     s_k = h_k / w_k
