@@ -37,10 +37,10 @@ numpydoc_show_class_members = False  # autodoc's :members: lists them, once
 numpydoc_xref_param_type = False
 numpydoc_validation_checks = set()
 
-# Docstrings use numpydoc sections. Google-style parsing stays on only while a few
-# modules still carry ``Args:``/``Attributes:`` sections (the allow-list in
-# tests/test_docstrings.py); turn it off once that list is empty.
-napoleon_google_docstring = True
+# Docstrings use numpydoc sections only (tests/test_docstrings.py rejects ``Args:``-style
+# ones), so napoleon's Google parsing is off: it would otherwise read a lone line such as
+# ``Example:`` in running text as a section header.
+napoleon_google_docstring = False
 napoleon_numpy_docstring = True
 napoleon_use_ivar = True  # dataclass fields are documented by autodoc already
 napoleon_use_rtype = False

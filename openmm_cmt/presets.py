@@ -29,18 +29,28 @@ from openmm_cmt.flows.config import GeneratorConfig
 class TrainConfig:
     """Everything a training run needs besides the system.
 
-    Attributes:
-        preset: the preset this config started from (informational).
-        generator: fields of ``openmm_cmt.flows.GeneratorConfig`` (a dict, as run
-            folders store it; ``generator_config()`` builds the dataclass).
-        cmt: fields of ``openmm_cmt.cmt.CMTConfig`` (``cmt_config()``).
-        energy: ``auto`` (batched TorchEnergy when supported), ``torch`` or ``openmm``.
-        energy_dtype: ``float32`` or ``float64`` for the torch engine during training.
-        energy_compile: ``torch.compile`` the torch engine (``"auto"``: on CUDA, and on
-            CPU when a C++ compiler is present; compiling costs 20-60 s once).
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        checkpoint_every: annealing steps between checkpoints (0: only at the end).
-        eval_samples: flow samples for the final metrics.
+    Attributes
+    ----------
+    preset
+        the preset this config started from (informational).
+    generator
+        fields of ``openmm_cmt.flows.GeneratorConfig`` (a dict, as run folders store
+        it; ``generator_config()`` builds the dataclass).
+    cmt
+        fields of ``openmm_cmt.cmt.CMTConfig`` (``cmt_config()``).
+    energy
+        ``auto`` (batched TorchEnergy when supported), ``torch`` or ``openmm``.
+    energy_dtype
+        ``float32`` or ``float64`` for the torch engine during training.
+    energy_compile
+        ``torch.compile`` the torch engine (``"auto"``: on CUDA, and on CPU when a C++
+        compiler is present; compiling costs 20-60 s once).
+    device
+        ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
+    checkpoint_every
+        annealing steps between checkpoints (0: only at the end).
+    eval_samples
+        flow samples for the final metrics.
     """
 
     preset: str = "laptop"

@@ -67,17 +67,25 @@ def _pad_rows(x: torch.Tensor, size: int) -> torch.Tensor:
 class FlowCalls:
     """The trainer's flow calls, compiled where enabled and verified (module docstring).
 
-    Args:
-        flow: a module with ``sample(n, generator=None) -> (x, log_q)`` and
-            ``log_prob(x) -> [n]``.
-        enabled: compile (True) or always run eagerly (False).
-        batch_size: the minibatch size whose loss is compiled.
-        chunk_size: rows per compiled ``log_prob`` / sampling call.
+    Parameters
+    ----------
+    flow
+        a module with ``sample(n, generator=None) -> (x, log_q)`` and
+        ``log_prob(x) -> [n]``.
+    enabled
+        compile (True) or always run eagerly (False).
+    batch_size
+        the minibatch size whose loss is compiled.
+    chunk_size
+        rows per compiled ``log_prob`` / sampling call.
 
-    Attributes:
-        compiled: per kind (``loss``, ``log_prob``, ``sample``), whether calls of that kind
-            currently go through the compiled graph (False after a fallback).
-        checked: kinds whose first compiled call has been verified.
+    Attributes
+    ----------
+    compiled
+        per kind (``loss``, ``log_prob``, ``sample``), whether calls of that kind
+        currently go through the compiled graph (False after a fallback).
+    checked
+        kinds whose first compiled call has been verified.
     """
 
     def __init__(self, flow: torch.nn.Module, enabled: bool, batch_size: int, chunk_size: int = 8192):

@@ -64,42 +64,62 @@ from openmm_cmt.metrics.ess import reverse_ess
 class CMTConfig:
     """Settings of a CMT run (defaults suit small toy targets).
 
-    Attributes:
-        path: ``cmt``, ``trust-region``, ``entropy``, ``geometric-linear``,
-            ``temperature-ladder``, ``reverse-kl`` or another name in
-            ``openmm_cmt.cmt.paths.PATHS`` (:mod:`openmm_cmt.cmt.paths`); the settings
-            below that a path does not read are ignored by it.
-        eps_tr: trust-region radius KL(q_{i+1} || q_i) per step, nats.
-        eps_ent: largest entropy drop per step, nats.
-        n_steps: annealing steps of ``run()``.
-        samples_per_step: fresh samples (target evaluations) per annealing step.
-        buffer_size: replay-buffer capacity (samples); equal to ``samples_per_step``
-            uses fresh samples only.
-        grad_steps_per_step: optimiser steps per annealing step.
-        batch_size: minibatch size of the weighted forward-KL steps.
-        optimizer: ``adam`` or ``adamw``; lr, weight_decay: its settings.
-        lr_schedule: ``constant`` or ``cosine`` (to zero over n_steps * grad_steps_per_step).
-        grad_clip: largest gradient norm (None: no clipping).
-        drop_top_energy_fraction: fraction of each step's fresh samples with the highest
-            energy (lowest log p~) kept out of the buffer.
-        seed: seeds the trainer's own random stream (``CMTTrainer.rng``), from which
-            it draws every sample and minibatch; global RNGs are left alone.
-        n_geometric: length of the geometric-linear schedule (None: n_steps).
-        t_high_factor, n_temperatures: the temperature ladder, T_high = factor * T down
-            to T in n_temperatures geometric rungs.
-        reverse_kl_batch_size: samples per reverse-KL iteration (None: samples_per_step
-            spread over the step's iterations, the same budget as the other paths).
-        ema_decay: Polyak averaging of the flow parameters (0: off). With ``d > 0`` the
-            model :math:`q_i` that draws samples, weighs the buffer and is returned is the
-            exponential moving average of the optimised parameters, updated after every
-            optimiser step with weight ``1 - d``; the optimiser works on its own copy.
-        compile: ``torch.compile`` the forward-KL step, the buffer's log densities and
-            the sampling (:mod:`openmm_cmt.cmt.compiled`): True, False or ``"auto"``
-            (on CUDA, for runs of at least ``AUTO_COMPILE_MIN_GRAD_STEPS`` gradient
-            steps, so that compiling pays off). On CPU ``True`` works with a C++
-            compiler, but Inductor (torch 2.9) made the laptop flow no faster on a
-            2-core machine while compiling for minutes (BENCHMARKS.md), so ``"auto"``
-            stays eager there.
+    Attributes
+    ----------
+    path
+        ``cmt``, ``trust-region``, ``entropy``, ``geometric-linear``,
+        ``temperature-ladder``, ``reverse-kl`` or another name in
+        ``openmm_cmt.cmt.paths.PATHS`` (:mod:`openmm_cmt.cmt.paths`); the settings
+        below that a path does not read are ignored by it.
+    eps_tr
+        trust-region radius KL(q_{i+1} || q_i) per step, nats.
+    eps_ent
+        largest entropy drop per step, nats.
+    n_steps
+        annealing steps of ``run()``.
+    samples_per_step
+        fresh samples (target evaluations) per annealing step.
+    buffer_size
+        replay-buffer capacity (samples); equal to ``samples_per_step`` uses fresh
+        samples only.
+    grad_steps_per_step
+        optimiser steps per annealing step.
+    batch_size
+        minibatch size of the weighted forward-KL steps.
+    optimizer
+        ``adam`` or ``adamw``.
+    lr, weight_decay
+        the optimizer's settings.
+    lr_schedule
+        ``constant`` or ``cosine`` (to zero over n_steps * grad_steps_per_step).
+    grad_clip
+        largest gradient norm (None: no clipping).
+    drop_top_energy_fraction
+        fraction of each step's fresh samples with the highest energy (lowest log p~)
+        kept out of the buffer.
+    seed
+        seeds the trainer's own random stream (``CMTTrainer.rng``), from which it
+        draws every sample and minibatch; global RNGs are left alone.
+    n_geometric
+        length of the geometric-linear schedule (None: n_steps).
+    t_high_factor, n_temperatures
+        the temperature ladder, T_high = factor * T down to T in n_temperatures
+        geometric rungs.
+    reverse_kl_batch_size
+        samples per reverse-KL iteration (None: samples_per_step spread over the
+        step's iterations, the same budget as the other paths).
+    ema_decay
+        Polyak averaging of the flow parameters (0: off). With ``d > 0`` the model
+        :math:`q_i` that draws samples, weighs the buffer and is returned is the
+        exponential moving average of the optimised parameters, updated after every
+        optimiser step with weight ``1 - d``; the optimiser works on its own copy.
+    compile
+        ``torch.compile`` the forward-KL step, the buffer's log densities and the
+        sampling (:mod:`openmm_cmt.cmt.compiled`): True, False or ``"auto"`` (on CUDA,
+        for runs of at least ``AUTO_COMPILE_MIN_GRAD_STEPS`` gradient steps, so that
+        compiling pays off). On CPU ``True`` works with a C++ compiler, but Inductor
+        (torch 2.9) made the laptop flow no faster on a 2-core machine while compiling
+        for minutes (BENCHMARKS.md), so ``"auto"`` stays eager there.
     """
 
     path: str = "cmt"
@@ -179,18 +199,24 @@ class CMTTrainer:
     ``target`` (``log_prob``, ``n_evaluations``) along ``config.path``; see the module
     docstring for one step.
 
-    Attributes:
-        history: one dict per annealing step: step, path, lam, eta, alpha, beta, kl,
-            entropy_drop, ess (of the step weights), log_z, is_final, dual_iterations,
-            dual_converged, evaluations (target evaluations so far), loss (mean over the
-            step's gradient steps), lr, step_wall_s, wall_s (cumulative), phase_s
-            (seconds per phase of ``PHASES``; ``checkpoint`` is 0 unless the caller that
-            writes checkpoints adds its time).
-        n_evaluations: target evaluations made by this trainer (survives resume).
-        calls: the flow calls of the hot loops (compiled or eager, ``FlowCalls``).
-        path: the annealing path (:class:`~openmm_cmt.cmt.paths.AnnealingPath`).
-        rng: ``torch.Generator`` on the flow's device, seeded with ``config.seed``: every
-            sample and minibatch of the run is drawn from it (saved in checkpoints).
+    Attributes
+    ----------
+    history
+        one dict per annealing step: step, path, lam, eta, alpha, beta, kl,
+        entropy_drop, ess (of the step weights), log_z, is_final, dual_iterations,
+        dual_converged, evaluations (target evaluations so far), loss (mean over the
+        step's gradient steps), lr, step_wall_s, wall_s (cumulative), phase_s (seconds
+        per phase of ``PHASES``; ``checkpoint`` is 0 unless the caller that writes
+        checkpoints adds its time).
+    n_evaluations
+        target evaluations made by this trainer (survives resume).
+    calls
+        the flow calls of the hot loops (compiled or eager, ``FlowCalls``).
+    path
+        the annealing path (:class:`~openmm_cmt.cmt.paths.AnnealingPath`).
+    rng
+        ``torch.Generator`` on the flow's device, seeded with ``config.seed``: every
+        sample and minibatch of the run is drawn from it (saved in checkpoints).
     """
 
     def __init__(self, flow: torch.nn.Module, target, config: CMTConfig | None = None):

@@ -86,13 +86,19 @@ class MLP(nn.Module):
 class SplineCoupling(nn.Module):
     """One coupling layer over dimensions of mixed kinds.
 
-    Args:
-        kinds: kind of every dimension, ``[dim]``.
-        transformed: indices of the dimensions this layer transforms; the others
-            condition it. Both groups must be non-empty.
-        hidden, depth: conditioner MLP width and number of hidden layers.
-        n_bins: spline bins.
-        tail_bound: spline interval half-width for UNBOUNDED dimensions.
+    Parameters
+    ----------
+    kinds
+        kind of every dimension, ``[dim]``.
+    transformed
+        indices of the dimensions this layer transforms; the others condition it.
+        Both groups must be non-empty.
+    hidden, depth
+        conditioner MLP width and number of hidden layers.
+    n_bins
+        spline bins.
+    tail_bound
+        spline interval half-width for UNBOUNDED dimensions.
     """
 
     def __init__(self, kinds: Sequence[int], transformed: Sequence[int], hidden: int = 128, depth: int = 2, n_bins: int = 8, tail_bound: float = 5.0):
@@ -239,16 +245,25 @@ class SplineFlow(nn.Module):
     ``forward(z) -> (x, log|det dx/dz|)`` maps latent to data; ``inverse(x) -> (z,
     log|det dz/dx|)``. The kinds of the latent and data spaces are the same.
 
-    Args:
-        kinds: ``[dim]`` of UNBOUNDED / BOUNDED / CIRCULAR.
-        n_layers: coupling layers.
-        hidden, depth: conditioner MLP width and hidden-layer count.
-        n_bins: spline bins.
-        masking: ``"alternating"``, ``"random"`` or ``"all2all"`` (see ``coupling_masks``).
-        torsion_shifts: insert a ``TorsionShift`` after every coupling layer but the
-            last when there are circular dimensions.
-        tail_bound: spline interval half-width for UNBOUNDED dimensions.
-        seed: seeds masks, shifts and the initial weights.
+    Parameters
+    ----------
+    kinds
+        ``[dim]`` of UNBOUNDED / BOUNDED / CIRCULAR.
+    n_layers
+        coupling layers.
+    hidden, depth
+        conditioner MLP width and hidden-layer count.
+    n_bins
+        spline bins.
+    masking
+        ``"alternating"``, ``"random"`` or ``"all2all"`` (see ``coupling_masks``).
+    torsion_shifts
+        insert a ``TorsionShift`` after every coupling layer but the last when there
+        are circular dimensions.
+    tail_bound
+        spline interval half-width for UNBOUNDED dimensions.
+    seed
+        seeds masks, shifts and the initial weights.
     """
 
     def __init__(

@@ -171,15 +171,20 @@ def rational_quadratic_spline(
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Bounded monotonic RQ spline ``[left, right] -> [bottom, top]``.
 
-    Args:
-        inputs: ``[...]``; x (forward) or y (``inverse=True``); clamped into the interval.
-        unnormalized_widths, unnormalized_heights: ``[..., K]``.
-        unnormalized_derivatives: ``[..., K + 1]``, the slopes at every knot, end points
-            included (free end slopes).
+    Parameters
+    ----------
+    inputs
+        ``[...]``; x (forward) or y (``inverse=True``); clamped into the interval.
+    unnormalized_widths, unnormalized_heights
+        ``[..., K]``.
+    unnormalized_derivatives
+        ``[..., K + 1]``, the slopes at every knot, end points included (free end
+        slopes).
 
-    Returns:
-        ``(outputs, logabsdet)``, both ``[...]``; logabsdet is ``log|dy/dx|`` forward and
-        ``log|dx/dy|`` inverse.
+    Returns
+    -------
+    (outputs, logabsdet) : tuple of torch.Tensor
+        both ``[...]``; logabsdet is ``log|dy/dx|`` forward and ``log|dx/dy|`` inverse.
     """
     n_bins = unnormalized_widths.shape[-1]
     _check_params(inputs, unnormalized_widths, unnormalized_heights, unnormalized_derivatives, n_bins + 1)
@@ -285,15 +290,23 @@ def interval_rational_quadratic_spline(
     work of one call per kind, which halves the element-wise operations a coupling
     layer runs on small tensors.
 
-    Args:
-        inputs: ``[..., n]``.
-        unnormalized_widths, unnormalized_heights: ``[..., n, K]``.
-        unnormalized_derivatives: ``[..., n, K + 1]``.
-        half_width: ``[n]``, positive.
-        periodic: ``[n]`` bool.
+    Parameters
+    ----------
+    inputs
+        ``[..., n]``.
+    unnormalized_widths, unnormalized_heights
+        ``[..., n, K]``.
+    unnormalized_derivatives
+        ``[..., n, K + 1]``.
+    half_width
+        ``[n]``, positive.
+    periodic
+        ``[n]`` bool.
 
-    Returns:
-        ``(outputs, logabsdet)``, both ``[..., n]``.
+    Returns
+    -------
+    (outputs, logabsdet) : tuple of torch.Tensor
+        both ``[..., n]``.
     """
     n_bins = unnormalized_widths.shape[-1]
     _check_params(inputs, unnormalized_widths, unnormalized_heights, unnormalized_derivatives, n_bins + 1)

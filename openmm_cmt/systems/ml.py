@@ -75,10 +75,14 @@ _LOCAL_FILE_KEYWORD = {
 class ModelWeightsUnavailableError(FileNotFoundError):
     """The weights of an ML potential are not on this machine and cannot be downloaded.
 
-    Attributes:
-        potential: the openmm-ml potential name.
-        path: the file that is looked for (None when the model package decides).
-        hint: how to make the file available.
+    Attributes
+    ----------
+    potential
+        the openmm-ml potential name.
+    path
+        the file that is looked for (None when the model package decides).
+    hint
+        how to make the file available.
     """
 
     def __init__(self, potential: str, path: str | None, hint: str, reason: str = ""):
@@ -316,22 +320,33 @@ def build_ml_system(topology: app.Topology, potential: str, ml_atoms=None, class
                     download="auto", **kwargs) -> openmm.System:
     """The OpenMM System of ``topology`` with energies from openmm-ml's ``potential``.
 
-    Args:
-        topology: every atom needs an element.
-        potential: an openmm-ml potential name (``ani2x``, ``mace-off23-small``, ``ase``, ...).
-        ml_atoms: atom indices of the ML region (whole molecules) for an ML/MM System, or None.
-        classical_system: the classical System of the whole Topology (with ``ml_atoms``).
-        download: ``"auto"`` (download missing weights when the host answers), True, or
-            False (never download; missing weights raise at once).
-        kwargs: passed to ``MLPotential(potential, ...)`` and to ``createSystem`` /
-            ``createMixedSystem`` (e.g. ``calculator=`` for ``ase``, ``modelIndex=`` for
-            ANI, ``modelPath=`` for local models).
-
     ANI forces use :func:`_compute_ani` (openmm-ml's computation with forces converted
     to kJ/mol/nm; openmm-ml 1.8 returns them per Angstrom).
 
-    Raises ``ModelWeightsUnavailableError`` (a FileNotFoundError) when weights are
-    missing and cannot be fetched, ImportError naming openmmml when it is absent.
+    Parameters
+    ----------
+    topology
+        every atom needs an element.
+    potential
+        an openmm-ml potential name (``ani2x``, ``mace-off23-small``, ``ase``, ...).
+    ml_atoms
+        atom indices of the ML region (whole molecules) for an ML/MM System, or None.
+    classical_system
+        the classical System of the whole Topology (with ``ml_atoms``).
+    download
+        ``"auto"`` (download missing weights when the host answers), True, or False
+        (never download; missing weights raise at once).
+    **kwargs
+        passed to ``MLPotential(potential, ...)`` and to ``createSystem`` /
+        ``createMixedSystem`` (e.g. ``calculator=`` for ``ase``, ``modelIndex=`` for
+        ANI, ``modelPath=`` for local models).
+
+    Raises
+    ------
+    ModelWeightsUnavailableError
+        (a FileNotFoundError) when weights are missing and cannot be fetched.
+    ImportError
+        naming openmmml when it is absent.
     """
     if not isinstance(topology, app.Topology):
         raise ValueError(f"topology must be an openmm.app.Topology, got {type(topology).__name__}")
