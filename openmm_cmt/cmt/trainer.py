@@ -117,9 +117,10 @@ class CMTConfig:
         ``torch.compile`` the forward-KL step, the buffer's log densities and the
         sampling (:mod:`openmm_cmt.cmt.compiled`): True, False or ``"auto"`` (on CUDA,
         for runs of at least ``AUTO_COMPILE_MIN_GRAD_STEPS`` gradient steps, so that
-        compiling pays off). On CPU ``True`` works with a C++ compiler, but Inductor
-        (torch 2.9) made the laptop flow no faster on a 2-core machine while compiling
-        for minutes (BENCHMARKS.md), so ``"auto"`` stays eager there.
+        compiling pays off). On CPU ``True`` works with a C++ compiler: on a 2-core
+        machine Inductor (torch 2.9) made the training step 1.6-1.8x faster, but
+        compiling its three calls took 3-4 minutes there (BENCHMARKS.md), more than a
+        laptop-sized run saves, so ``"auto"`` stays eager on CPU.
     """
 
     path: str = "cmt"
