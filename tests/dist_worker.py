@@ -3,7 +3,8 @@
 ``toy OUT PATH DROP STEPS``: trains the 40-mode mixture with DistributedCMTTrainer and writes
 rank<r>.json (the history's dual solutions and the flow's parameters).
 ``cli DIE_RANK DIE_STEP ARGS...``: runs ``openmm-cmt ARGS``, rank DIE_RANK dying abruptly
-(os._exit) at the start of annealing step DIE_STEP (-1: never); every process first writes
+(os._exit) at the start of annealing step DIE_STEP (-1: never), once the run folder holds the
+checkpoint of the steps before it; every process first writes
 its pid to pid<r> in the folder named by the environment variable DIST_TEST_PIDS.
 """
 
@@ -58,13 +59,37 @@ def cli(die_rank: int, die_step: int, argv: list[str]) -> int:
     if rank == die_rank:
         step = DistributedCMTTrainer.step
 
+        out = argv[argv.index("--out") + 1] if "--out" in argv else None
+
         def dying_step(self):
             if self.step_index == die_step:
+                # Die once the main process has committed the previous step's checkpoint:
+                # torchrun stops the others at once, and the test checks what was saved,
+                # not whether a save in progress beat the stop.
+                if out is not None:
+                    _wait_for_checkpoint(out, die_step)
                 os._exit(3)
             return step(self)
 
         DistributedCMTTrainer.step = dying_step
     return main(argv)
+
+
+def _wait_for_checkpoint(run: str, n_steps: int, timeout_s: float = 60.0) -> None:
+    """Wait until the run folder's checkpoint holds ``n_steps`` annealing steps."""
+    import time
+
+    from openmm_cmt.checkpoint import safe_torch_load
+    from openmm_cmt.io import run_snapshot
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if len(safe_torch_load(os.path.join(run_snapshot(run), "checkpoint.pt"))["trainer"]["history"]) >= n_steps:
+                return
+        except Exception:  # not written yet, or being replaced
+            pass
+        time.sleep(0.05)
 
 
 if __name__ == "__main__":

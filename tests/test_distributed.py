@@ -64,7 +64,7 @@ class AsRanks(CMTTrainer):
     def _log_q(self, x):
         return self._per_rank(super()._log_q, x)
 
-    def _fit(self, buf_x, log_w):
+    def _fit_steps(self, buf_x, log_w):  # inside _fit, which swaps in the optimised parameters
         parts = [shard(buf_x.shape[0], r, self.n_ranks) for r in range(self.n_ranks)]
         losses = []
         for _ in range(self.config.grad_steps_per_step):
