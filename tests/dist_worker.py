@@ -75,17 +75,22 @@ def cli(die_rank: int, die_step: int, argv: list[str]) -> int:
     return main(argv)
 
 
+def stored_trainer_state(run: str) -> dict:
+    """The trainer state of the run folder's current checkpoint."""
+    from openmm_cmt.checkpoint import safe_torch_load
+    from openmm_cmt.io import run_snapshot
+
+    return safe_torch_load(os.path.join(run_snapshot(run), "checkpoint.pt"))["trainer"]
+
+
 def _wait_for_checkpoint(run: str, n_steps: int, timeout_s: float = 60.0) -> None:
     """Wait until the run folder's checkpoint holds ``n_steps`` annealing steps."""
     import time
 
-    from openmm_cmt.checkpoint import safe_torch_load
-    from openmm_cmt.io import run_snapshot
-
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            if len(safe_torch_load(os.path.join(run_snapshot(run), "checkpoint.pt"))["trainer"]["history"]) >= n_steps:
+            if len(stored_trainer_state(run)["history"]) >= n_steps:
                 return
         except Exception:  # not written yet, or being replaced
             pass

@@ -133,13 +133,6 @@ def openmm_cmt(*args, timeout=300):
                           timeout=timeout, env=env)
 
 
-def stored_trainer_state(run) -> dict:
-    from openmm_cmt.checkpoint import safe_torch_load
-    from openmm_cmt.io import run_snapshot
-
-    return safe_torch_load(os.path.join(run_snapshot(run), "checkpoint.pt"))["trainer"]
-
-
 def test_alanine_dipeptide_two_processes_resume_and_match_one_process(tmp_path):
     from openmm_cmt.presets import preset
     from openmm_cmt.sampler import BoltzmannGeneratorSampler
@@ -147,7 +140,7 @@ def test_alanine_dipeptide_two_processes_resume_and_match_one_process(tmp_path):
     run = str(tmp_path / "run")
     done = openmm_cmt("train", "alanine-dipeptide", "--out", run, "--steps", "2", "--nproc", "2", *TINY_ARGS)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert stored_trainer_state(run)["distributed"]["world_size"] == 2
+    assert dist_worker.stored_trainer_state(run)["distributed"]["world_size"] == 2
     # another world size cannot continue the per-process buffer shards and streams (the
     # path --resume takes)
     with pytest.raises(ValueError, match=r"written by 2 training process\(es\).*--nproc 2"):
@@ -155,7 +148,7 @@ def test_alanine_dipeptide_two_processes_resume_and_match_one_process(tmp_path):
     done = openmm_cmt("train", "alanine-dipeptide", "--out", run, "--resume", "--steps", "3", "--nproc", "2",
                       "--device", "cpu", "--quiet", "--no-evaluate")
     assert done.returncode == 0, done.stderr[-3000:]
-    history = stored_trainer_state(run)["history"]
+    history = dist_worker.stored_trainer_state(run)["history"]
     assert [r["evaluations"] for r in history] == [128, 256, 384]
 
     cmt = {k.split(".")[1]: v for k, v in TINY.items() if k.startswith("cmt.")}
@@ -192,7 +185,7 @@ def test_a_dying_process_ends_the_job_and_keeps_the_last_checkpoint(tmp_path):
     assert "exitcode  : 3" in done.stderr and "rank      : 1" in done.stderr  # torchrun names the process
     for name in ("pid0", "pid1"):
         assert not _alive(int((pids / name).read_text()))
-    state = stored_trainer_state(run)  # complete and matching its manifest
+    state = dist_worker.stored_trainer_state(run)  # complete and matching its manifest
     assert len(state["history"]) == 2 and state["distributed"]["world_size"] == 2
 
 
