@@ -261,12 +261,20 @@ def _reference_metrics(m, sampler, ref, path, angles, ref_angles, lw, bins) -> N
     finite = np.isfinite(lw)
     w = np.exp(lw[finite] - lw[finite].max())
     reference_pops, generator_pops, tv, kl = {}, {}, [], []
+    # Replica exchange records each residue's basins with the spread between its ladders,
+    # an error that sees correlation in time; blocks of frames are the fallback.
+    ladder_rows = diagnostics.get("residues")
+    if not (isinstance(ladder_rows, list) and len(ladder_rows) == len(m["residues"])):
+        ladder_rows = None
     for r, row in enumerate(m["residues"]):
         label = row["residue"]
         ref_basin = metrics.basin_index(ref_angles[:, r, 0], ref_angles[:, r, 1])
         reference_pops[label] = {}
         for b, basin in enumerate(metrics.BASINS):
             value, err = block_mean((ref_basin == b).astype(float))
+            ladder_sem = ladder_rows[r]["basins"].get(basin, {}).get("sem") if ladder_rows else None
+            if ladder_sem is not None:
+                err = float(ladder_sem)
             reference_pops[label][basin] = value
             row["basins"][basin].update(reference=value, reference_stderr=err)
         generator_pops[label] = {basin: metrics.BasinPopulation(**{k: row["basins"][basin][k] for k in (

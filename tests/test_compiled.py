@@ -11,7 +11,7 @@ import openmm_cmt  # noqa: F401  (torch before openmm)
 from openmm_cmt.cmt import CMTConfig, CMTTrainer
 from openmm_cmt.cmt import compiled as compiled_module
 from openmm_cmt.cmt.compiled import FlowCalls, compile_available
-from openmm_cmt.cmt.trainer import AUTO_COMPILE_MIN_GRAD_STEPS, PHASES
+from openmm_cmt.cmt.trainer import AUTO_COMPILE_MIN_GRAD_STEPS, AUTO_COMPILE_MIN_GRAD_STEPS_CPU, PHASES
 from openmm_cmt.flows import EuclideanFlow, GeneratorConfig
 from openmm_cmt.cmt.toy_targets import gmm40
 
@@ -175,7 +175,10 @@ def test_compile_setting_is_validated_and_auto_needs_a_long_run():
     assert not any(short.calls.compiled.values())
     long_config = small_config(n_steps=AUTO_COMPILE_MIN_GRAD_STEPS // 4, grad_steps_per_step=4)
     long = CMTTrainer(small_flow(), gmm40().target(), long_config)
-    assert not long.calls.compiled["loss"]  # CPU: eager unless asked (no speed-up there)
+    assert not long.calls.compiled["loss"]  # CPU: compiling takes minutes, so only for longer runs
+    longer_config = small_config(n_steps=AUTO_COMPILE_MIN_GRAD_STEPS_CPU // 4, grad_steps_per_step=4)
+    longer = CMTTrainer(small_flow(), gmm40().target(), longer_config)
+    assert longer.calls.compiled["loss"] == compile_available(torch.device("cpu"))
     if torch.cuda.is_available():
         cuda = CMTTrainer(small_flow().cuda(), gmm40().target(), long_config)
         assert cuda.calls.compiled["loss"]

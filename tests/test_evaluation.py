@@ -305,3 +305,38 @@ def test_energy_plot_of_weights_massed_beyond_the_plotted_range(tmp_path):
         warnings.simplefilter("error")
         assert report.energy_plot(tmp_path / "e.png", energies, log_w)
     assert (tmp_path / "e.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name", ["alanine-dipeptide", "alanine-tetrapeptide"])
+def test_shipped_references_belong_to_their_systems(name, openmm_reference_energies):
+    from openmm_cmt.reference import check_reference
+
+    molsys = systems.get(name)
+    ref = load_reference(bundled_reference(name))
+    check_reference(ref["settings"], molsys)
+    n_residues = ref["phi"].shape[1]
+    assert ref["frames"].shape[1:] == (molsys.n_atoms, 3) and ref["psi"].shape[1] == n_residues
+    # the stored energies are those of the System at the stored (float32) frames
+    picks = np.linspace(0, len(ref["frames"]) - 1, 8).astype(int)
+    e = openmm_reference_energies(molsys.system, ref["frames"][picks].astype(np.float64))
+    np.testing.assert_allclose(ref["energies"][picks], e, rtol=1e-4, atol=1e-2)
+    # and the stored angles are those of the frames
+    angles = metrics.phi_psi(ref["frames"][picks].astype(np.float64), molsys.topology, per_residue=True)
+    angles = angles.reshape(len(picks), n_residues, 2)
+    stored = np.stack([ref["phi"][picks], ref["psi"][picks]], axis=-1)
+    assert np.abs(np.angle(np.exp(1j * (stored - angles)))).max() < 1e-4
+
+
+def test_tetrapeptide_reference_frames_pass_their_own_evaluation(tmp_path):
+    # exact Boltzmann samples (the reference's own frames) are not collapsed, and each
+    # basin's reference error is the spread between ladders that the file records
+    molsys = systems.get("alanine-tetrapeptide")
+    path = bundled_reference(molsys.name)
+    ref = load_reference(path)
+    m = evaluate(FrameSampler(molsys, ref["frames"], ref["energies"]), tmp_path, n_samples=4000, n_draws=2,
+                 reference=path, plots=False)
+    assert m["mode_collapse"] is False
+    for row, ladders in zip(m["residues"], ref["diagnostics"]["residues"], strict=True):
+        for basin in metrics.BASINS:
+            assert row["basins"][basin]["reference_stderr"] == ladders["basins"][basin]["sem"]
+            assert row["basins"][basin]["reference"] == pytest.approx(ladders["basins"][basin]["population"])

@@ -265,6 +265,9 @@ def test_reference_cli_writes_a_valid_file(aldp, tmp_path):
         assert key in diag
     assert len(diag["swap_acceptance"]) == 2 and all(0.0 <= a <= 1.0 for a in diag["swap_acceptance"])
     assert diag["ram_tv_split_half"]["bins"] == 100 and diag["ram_tv_split_half"]["n_first"] == n_frames // 2
+    (residue,) = diag["residues"]  # alanine dipeptide has one (phi, psi) pair
+    assert sum(b["population"] for b in residue["basins"].values()) == pytest.approx(1.0)
+    assert residue["ram_tv_split_half"] == diag["ram_tv_split_half"]
     assert settings["temperatures"] == [300.0, 400.0, 550.0] and settings["n_ladders"] == 2
     # what evaluate checks: the System the frames come from and their temperature
     from openmm_cmt.reference import check_reference, system_fingerprint
@@ -284,3 +287,22 @@ def test_reference_cli_rejects_bad_temperatures(tmp_path, capsys):
     argv = ["reference", "alanine-dipeptide", "--out", str(tmp_path / "r.npz"), "--temperatures", "300,abc"]
     assert main(argv) == 2
     assert "--temperatures" in capsys.readouterr().err
+
+
+def test_residue_diagnostics_give_each_residue_its_basins_and_split_agreement():
+    from openmm_cmt.reference import residue_diagnostics
+
+    ladders = np.tile([0, 1], 4)  # frames in time order, ladders interleaved
+    phi = np.stack([np.full(8, -1.0), np.where(ladders == 0, 1.0, -1.0)], axis=1)
+    psi = np.stack([np.zeros(8), np.full(8, 2.0)], axis=1)
+    first, second = residue_diagnostics(phi, psi, ladders, n_ladders=2)
+    assert first["basins"]["alpha_R"] == {"population": 1.0, "sem": 0.0}
+    assert first["ram_tv_split_half"]["tv"] == 0.0 and first["ram_tv_split_ladders"]["tv"] == 0.0
+    # residue 1 sits in alpha_L in ladder 0 and in beta in ladder 1: the ladders disagree completely
+    assert second["basins"]["alpha_L/C7ax"]["population"] == 0.5
+    assert second["basins"]["alpha_L/C7ax"]["sem"] == pytest.approx(0.5)
+    assert second["basins"]["beta/PPII"]["population"] == 0.5
+    assert second["ram_tv_split_ladders"]["tv"] == pytest.approx(1.0)
+    assert second["ram_tv_split_half"]["tv"] == pytest.approx(0.0)
+    single = residue_diagnostics(phi, psi, np.zeros(8, dtype=int), n_ladders=1)
+    assert single[1]["basins"]["alpha_L/C7ax"]["sem"] is None and "ram_tv_split_ladders" not in single[1]

@@ -10,7 +10,7 @@ from openmm_cmt.replicas import copy_velocities, kinetic_temperatures
 
 
 def _total_energy_spread(molsys, timestep, time_ps=0.05):
-    r = TorchReplicas(molsys, 4, timestep=timestep, collision_rate=0.0, seed=0)
+    r = TorchReplicas(molsys, 4, timestep=timestep, collision_rate=0.0, seed=0, compile=False)
     r.set_temperatures(np.full(4, 300.0))
     r.set_velocities(copy_velocities(r.masses, np.full(4, 300.0), np.random.default_rng(0)))
     totals = []
@@ -33,7 +33,7 @@ def test_without_friction_the_integrator_is_velocity_verlet_of_second_order(aldp
 @pytest.mark.slow
 def test_each_copy_reaches_its_own_temperature(aldp):
     temps = np.repeat([300.0, 600.0], 8)
-    r = TorchReplicas(aldp, len(temps), timestep=0.001, collision_rate=10.0, seed=3)
+    r = TorchReplicas(aldp, len(temps), timestep=0.001, collision_rate=10.0, seed=3, compile=False)
     r.set_temperatures(temps)
     r.set_velocities(copy_velocities(r.masses, np.full(len(temps), 450.0), np.random.default_rng(1)))
     r.step(200)
@@ -49,7 +49,7 @@ def test_each_copy_reaches_its_own_temperature(aldp):
 
 @pytest.mark.slow
 def test_torch_replica_exchange_energies_match_openmm_reference(aldp, openmm_reference_energies):
-    with ReplicaExchange(aldp, [300.0, 400.0, 550.0], n_ladders=2, engine="torch", seed=4, swap_interval=0.05,
+    with ReplicaExchange(aldp, [300.0, 400.0, 550.0], n_ladders=2, engine="torch", seed=4, compile=False, swap_interval=0.05,
                          save_interval=0.05) as rex:
         samples = rex.run(0.2, equilibration_ps=0.1)
         x = rex.replicas.get_positions()
@@ -72,7 +72,7 @@ def test_reference_cli_with_the_torch_engine(aldp, tmp_path):
     out = tmp_path / "ref.npz"
     argv = ["reference", "alanine-dipeptide", "--out", str(out), "--engine", "torch", "--device", "cpu",
             "--n-ladders", "2", "--temperatures", "300,450", "--time-ps", "0.1", "--equilibration-ps", "0.05",
-            "--swap-interval-ps", "0.05", "--save-interval-ps", "0.05", "--seed", "2", "--quiet"]
+            "--swap-interval-ps", "0.05", "--save-interval-ps", "0.05", "--seed", "2", "--compile", "false", "--quiet"]
     assert main(argv) == 0
     ref = load_reference(out)
     assert ref["frames"].shape == (2 * 2, aldp.n_atoms, 3) and ref["settings"]["engine"] == "torch"
@@ -84,3 +84,11 @@ def test_torch_dynamics_refuse_constraints():
     molsys.system.addConstraint(0, 1, 0.1)
     with pytest.raises(ValueError, match="constraints"):
         TorchReplicas(molsys, 2)
+
+
+def test_compile_setting_reaches_the_force_engine(aldp):
+    # building the torch.compile wrapper is lazy: nothing compiles until the first force call
+    assert not TorchReplicas(aldp, 2, compile=False).energy.compiled_forces
+    assert TorchReplicas(aldp, 2, compile=True).energy.compiled_forces
+    with pytest.raises(ValueError, match="compile"):
+        TorchReplicas(aldp, 2, compile="sometimes")

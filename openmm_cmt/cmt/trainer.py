@@ -115,12 +115,12 @@ class CMTConfig:
         optimiser step with weight ``1 - d``; the optimiser works on its own copy.
     compile
         ``torch.compile`` the forward-KL step, the buffer's log densities and the
-        sampling (:mod:`openmm_cmt.cmt.compiled`): True, False or ``"auto"`` (on CUDA,
-        for runs of at least ``AUTO_COMPILE_MIN_GRAD_STEPS`` gradient steps, so that
-        compiling pays off). On CPU ``True`` works with a C++ compiler: on a 2-core
-        machine Inductor (torch 2.9) made the training step 1.6-1.8x faster, but
-        compiling its three calls took 3-4 minutes there (BENCHMARKS.md), more than a
-        laptop-sized run saves, so ``"auto"`` stays eager on CPU.
+        sampling (:mod:`openmm_cmt.cmt.compiled`): True, False or ``"auto"``: on CUDA
+        for runs of at least ``AUTO_COMPILE_MIN_GRAD_STEPS`` gradient steps, and on CPU
+        with a C++ compiler for runs of at least ``AUTO_COMPILE_MIN_GRAD_STEPS_CPU``,
+        so that compiling pays off. On a 2-core machine Inductor (torch 2.9) made an
+        annealing step about 1.5x faster and compiling cost 3-5 minutes once
+        (BENCHMARKS.md), which a run of the laptop preset's 5,000 gradient steps repays.
     """
 
     path: str = "cmt"
@@ -187,6 +187,8 @@ class CMTConfig:
 
 #: ``compile="auto"`` compiles runs of at least this many gradient steps in total.
 AUTO_COMPILE_MIN_GRAD_STEPS = 2000
+#: The same on CPU, where compiling takes minutes and gains less.
+AUTO_COMPILE_MIN_GRAD_STEPS_CPU = 4000
 
 #: Keys of a record's ``phase_s``: seconds spent drawing samples, evaluating the target,
 #: choosing the next density, updating and reweighting the buffer, fitting the flow,
@@ -255,7 +257,8 @@ class CMTTrainer:
         if c.compile != "auto":
             return bool(c.compile)
         device = self._device()
-        return device.type == "cuda" and compile_available(device) and self.total_grad_steps >= AUTO_COMPILE_MIN_GRAD_STEPS
+        minimum = {"cuda": AUTO_COMPILE_MIN_GRAD_STEPS, "cpu": AUTO_COMPILE_MIN_GRAD_STEPS_CPU}.get(device.type)
+        return minimum is not None and compile_available(device) and self.total_grad_steps >= minimum
 
     def _device(self) -> torch.device:
         return next((p.device for p in self.flow.parameters()), torch.device("cpu"))

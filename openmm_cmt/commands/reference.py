@@ -33,6 +33,8 @@ def add_arguments(parser) -> None:
                         help="dynamics in an OpenMM Context (default) or in torch with TorchEnergy forces")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="torch device of --engine torch (auto: CUDA when available)")
+    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                        help="torch.compile the forces of --engine torch (auto: on CUDA, and on CPU with a C++ compiler)")
     parser.add_argument("--n-ladders", type=positive_int, default=2, help="independent temperature ladders (default 2)")
     parser.add_argument(
         "--temperatures", default=None, help="comma-separated increasing temperatures in K (overrides --t-max/--n-temps)"
@@ -109,6 +111,7 @@ def run(args) -> int:
         seed=args.seed,
         engine=args.engine,
         device=device,
+        compile={"auto": "auto", "true": True, "false": False}[args.compile],
     ) as rex:
         print(f"  platform {rex.settings['platform']}, energies from {rex.settings['energy_engine']}", flush=True)
         samples = rex.run(args.time_ps, equilibration_ps=args.equilibration_ps, progress=progress)

@@ -25,6 +25,7 @@ import torch
 from openmm_cmt.energy import UnsupportedSystemError, create_energy
 from openmm_cmt.energy.base import EnergyEngine
 from openmm_cmt.io import atomic_file
+from openmm_cmt.metrics import BASINS, basin_index
 from openmm_cmt.reference._ramachandran import backbone_dihedrals, split_tv
 from openmm_cmt.reference.metadata import reference_metadata
 from openmm_cmt.replicas.integrator import copy_velocities, per_copy_langevin_integrator
@@ -172,6 +173,8 @@ class ReplicaExchange:
         ``spacing``, ``cutoff`` and ``recentre_interval`` do not apply).
     device
         torch device of ``engine="torch"`` (default CPU).
+    compile
+        whether ``engine="torch"`` compiles its forces (:class:`TorchReplicas`).
     """
 
     def __init__(
@@ -192,6 +195,7 @@ class ReplicaExchange:
         platform_properties: dict | None = None,
         engine: str = "openmm",
         device: str | None = None,
+        compile: bool | str = "auto",
     ):
         t = np.asarray(temperatures, dtype=np.float64)
         if t.ndim != 1 or t.size < 1 or not np.all(np.isfinite(t)) or np.any(t <= 0):
@@ -215,7 +219,7 @@ class ReplicaExchange:
         n_copies = self.n_ladders * self.n_temps
         if engine == "torch":
             self.replicas = TorchReplicas(molsys, n_copies, timestep, collision_rate, device=device, seed=noise_seed,
-                                          energy=energy)
+                                          energy=energy, compile=compile)
         else:
             integrator = per_copy_langevin_integrator(timestep, collision_rate)
             integrator.setRandomNumberSeed(noise_seed)
@@ -406,4 +410,49 @@ def _diagnostics(phi, psi, energies, ladders, accepts, attempts, round_trips, n_
             odd = ladders % 2 == 1
             out["ram_tv_split_ladders"] = split_tv(angles[~odd], angles[odd], RAMACHANDRAN_BINS, "even vs odd ladders")
         out["dihedral_pair"] = "first phi and first psi of the molecule"
+        out["residues"] = residue_diagnostics(phi, psi, ladders, n_ladders)
     return out
+
+
+def residue_diagnostics(phi: np.ndarray, psi: np.ndarray, ladders: np.ndarray, n_ladders: int) -> list[dict]:
+    """Mixing of every residue's (phi, psi): basin populations with the spread between
+    ladders as their error, and split-half Ramachandran TVs (in time, and even against
+    odd ladders).
+
+    Parameters
+    ----------
+    phi, psi : ndarray
+        ``[F, k]`` radians, frames in time order.
+    ladders : ndarray
+        ``[F]`` ladder of each frame.
+    n_ladders : int
+        Number of ladders.
+
+    Returns
+    -------
+    list of dict
+        One per residue: ``"basins"`` (name -> ``{"population", "sem"}``; ``sem`` is
+        None with one ladder), ``"ram_tv_split_half"`` and, with more than one ladder,
+        ``"ram_tv_split_ladders"``.
+    """
+    ladders = np.asarray(ladders)
+    half = len(ladders) // 2
+    odd = ladders % 2 == 1
+    rows = []
+    for r in range(phi.shape[1]):
+        basin = basin_index(phi[:, r], psi[:, r])
+        row = {"residue": r, "basins": {}}
+        for b, name in enumerate(BASINS):
+            inside = (basin == b).astype(np.float64)
+            per_ladder = np.array([inside[ladders == l].mean() for l in range(n_ladders)])
+            sem = float(per_ladder.std(ddof=1) / np.sqrt(n_ladders)) if n_ladders > 1 else None
+            row["basins"][name] = {"population": float(inside.mean()), "sem": sem}
+        angles = np.stack([phi[:, r], psi[:, r]], axis=1)
+        if half:
+            row["ram_tv_split_half"] = split_tv(angles[:half], angles[half:], RAMACHANDRAN_BINS,
+                                                "first vs second half in time")
+        if n_ladders > 1:
+            row["ram_tv_split_ladders"] = split_tv(angles[~odd], angles[odd], RAMACHANDRAN_BINS,
+                                                   "even vs odd ladders")
+        rows.append(row)
+    return rows

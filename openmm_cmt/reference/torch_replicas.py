@@ -39,7 +39,12 @@ class TorchReplicas:
     seed : int
         Seeds the Langevin noise.
     energy : EnergyEngine or None
-        A float64 engine with forces (default: the eager torch engine of ``molsys``).
+        A float64 engine with forces (default: the torch engine of ``molsys``).
+    compile : bool or str
+        ``torch.compile`` the default engine: ``True``, ``False`` or ``"auto"`` (on CUDA,
+        and on CPU when a C++ compiler is found). Compiling costs about a minute once
+        and makes the forces of a small peptide two to three times faster on CPU, which
+        any run longer than a few picoseconds repays.
 
     Attributes
     ----------
@@ -50,7 +55,7 @@ class TorchReplicas:
     """
 
     def __init__(self, molsys, n_copies: int, timestep: float = 0.001, collision_rate: float = 1.0,
-                 device: str | None = None, seed: int = 0, energy=None):
+                 device: str | None = None, seed: int = 0, energy=None, compile: bool | str = "auto"):
         from openmm_cmt.energy import create_energy
 
         system = molsys.system
@@ -64,7 +69,7 @@ class TorchReplicas:
                              f"{timestep}, {collision_rate}, {n_copies}")
         self.device = torch.device(device or "cpu")
         self.energy = energy if energy is not None else create_energy(
-            molsys, engine="torch", device=self.device, dtype=torch.float64, compile=False)
+            molsys, engine="torch", device=self.device, dtype=torch.float64, compile=compile)
         self.n_atoms, self.n_copies = molsys.n_atoms, int(n_copies)
         self.masses = np.asarray(molsys.masses, dtype=np.float64)
         if np.any(self.masses <= 0):
