@@ -10,7 +10,7 @@ import torch
 import openmm_cmt  # noqa: F401  (torch before openmm)
 from openmm_cmt.cmt import CMTConfig, CMTTrainer
 from openmm_cmt.cmt import compiled as compiled_module
-from openmm_cmt.cmt.compiled import FlowCalls, compile_available
+from openmm_cmt.cmt.compiled import KINDS, FlowCalls, compile_available
 from openmm_cmt.cmt.trainer import AUTO_COMPILE_MIN_GRAD_STEPS, AUTO_COMPILE_MIN_GRAD_STEPS_CPU, PHASES
 from openmm_cmt.flows import EuclideanFlow, GeneratorConfig
 from openmm_cmt.cmt.toy_targets import gmm40
@@ -39,13 +39,15 @@ def _batch(flow, n=128, seed=0):
     return x, weights
 
 
-def test_compiled_loss_gradient_and_log_prob_match_eager():
-    """The real torch.compile on a small flow: verified on the first call and kept."""
+@pytest.mark.parametrize("regional", [KINDS, ()])
+def test_compiled_loss_gradient_and_log_prob_match_eager(regional):
+    """The real torch.compile on a small flow, every call per coupling layer or as one
+    graph: verified on the first call and kept."""
     if not compile_available(torch.device("cpu")):
         pytest.skip("no C++ compiler for torch.compile on CPU")
     flow = small_flow()
     x, weights = _batch(flow)
-    compiled, eager = FlowCalls(flow, True, 128, chunk_size=100), FlowCalls(flow, False, 128)
+    compiled, eager = FlowCalls(flow, True, 128, chunk_size=100, regional=regional), FlowCalls(flow, False, 128)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fallback would warn
         loss, grads = compiled.loss_and_grads(x, weights)
@@ -78,7 +80,7 @@ def test_disagreeing_or_failing_compile_falls_back_with_one_warning(monkeypatch,
     monkeypatch.setattr(compiled_module.torch, "compile", _fake_compile(make))
     flow = small_flow()
     x, weights = _batch(flow)
-    calls, eager = FlowCalls(flow, True, 128), FlowCalls(flow, False, 128)
+    calls, eager = FlowCalls(flow, True, 128, regional=()), FlowCalls(flow, False, 128)
     with pytest.warns(RuntimeWarning, match="loss call") as record:
         loss, grads = calls.loss_and_grads(x, weights)
     assert len(record) == 1
@@ -99,7 +101,7 @@ def test_fallback_of_log_prob_and_sampling(monkeypatch):
 
     monkeypatch.setattr(compiled_module.torch, "compile", _fake_compile(lambda fn: lambda *a: _shifted(fn(*a))))
     generator = Generator.from_system(resolve("alanine-dipeptide"), GeneratorConfig(preset="cpu", n_layers=2, hidden=8, depth=1))
-    calls = FlowCalls(generator, True, 64, chunk_size=50)
+    calls = FlowCalls(generator, True, 64, chunk_size=50, regional=())
     torch.manual_seed(0)
     with pytest.warns(RuntimeWarning, match="sample call"):
         x, log_q = calls.sample(70)
@@ -112,6 +114,37 @@ def test_fallback_of_log_prob_and_sampling(monkeypatch):
     torch.testing.assert_close(x, ref_x, rtol=0, atol=1e-5)
     torch.testing.assert_close(log_q, ref_log_q, rtol=0, atol=1e-3)
     torch.testing.assert_close(values, ref_values, rtol=0, atol=1e-3)
+
+
+def test_regional_compilation_falls_back_and_leaves_the_flow_eager(monkeypatch):
+    """A miscompiled coupling layer is caught by the first-call check like a whole call,
+    and outside the compiled calls every layer runs its own eager method."""
+    compiled_forwards = []
+
+    def make(fn):
+        compiled_forwards.append(fn)
+        return lambda *a: _shifted(fn(*a))
+
+    monkeypatch.setattr(compiled_module.torch, "compile", _fake_compile(make))
+    flow = small_flow()
+    x, weights = _batch(flow)
+    calls, eager = FlowCalls(flow, True, 128, regional=KINDS), FlowCalls(flow, False, 128)
+    regions = flow.compile_regions()
+    assert len(compiled_forwards) == len(regions) == 2  # one per coupling layer, not per call
+    compiled_forwards.clear()
+    FlowCalls(flow, True, 128)  # by default each call is one graph: loss and log_prob
+    assert len(compiled_forwards) == 2 and compiled_module.REGIONAL_KINDS == ()
+    with pytest.warns(RuntimeWarning) as record:
+        loss, grads = calls.loss_and_grads(x, weights)
+        with torch.no_grad():
+            values = calls.log_prob(x)
+    assert sorted(re.search(r"flow's (\w+) call", str(r.message)).group(1) for r in record) == ["log_prob", "loss"]
+    assert not calls.compiled["loss"] and not calls.compiled["log_prob"]
+    assert all(name not in vars(module) for module, name in regions)
+    ref_loss, ref_grads = eager.loss_and_grads(x, weights)
+    assert torch.equal(loss, ref_loss) and all(torch.equal(g, r) for g, r in zip(grads, ref_grads))
+    with torch.no_grad():
+        assert torch.equal(values, flow.log_prob(x))
 
 
 def _shifted(out):
@@ -182,6 +215,11 @@ def test_compile_setting_is_validated_and_auto_needs_a_long_run():
     if torch.cuda.is_available():
         cuda = CMTTrainer(small_flow().cuda(), gmm40().target(), long_config)
         assert cuda.calls.compiled["loss"]
+
+
+def test_regional_kinds_are_validated():
+    with pytest.raises(ValueError, match="regional must name kinds"):
+        FlowCalls(small_flow(), True, 64, regional=("loss", "backward"))
 
 
 @pytest.mark.parametrize("path", ["cmt", "reverse-kl"])

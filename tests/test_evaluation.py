@@ -307,7 +307,7 @@ def test_energy_plot_of_weights_massed_beyond_the_plotted_range(tmp_path):
     assert (tmp_path / "e.png").stat().st_size > 1000
 
 
-@pytest.mark.parametrize("name", ["alanine-dipeptide", "alanine-tetrapeptide"])
+@pytest.mark.parametrize("name", ["alanine-dipeptide", "alanine-tetrapeptide", "alanine-hexapeptide"])
 def test_shipped_references_belong_to_their_systems(name, openmm_reference_energies):
     from openmm_cmt.reference import check_reference
 
@@ -327,10 +327,11 @@ def test_shipped_references_belong_to_their_systems(name, openmm_reference_energ
     assert np.abs(np.angle(np.exp(1j * (stored - angles)))).max() < 1e-4
 
 
-def test_tetrapeptide_reference_frames_pass_their_own_evaluation(tmp_path):
+@pytest.mark.parametrize("name", ["alanine-tetrapeptide", "alanine-hexapeptide"])
+def test_peptide_reference_frames_pass_their_own_evaluation(name, tmp_path):
     # exact Boltzmann samples (the reference's own frames) are not collapsed, and each
     # basin's reference error is the spread between ladders that the file records
-    molsys = systems.get("alanine-tetrapeptide")
+    molsys = systems.get(name)
     path = bundled_reference(molsys.name)
     ref = load_reference(path)
     m = evaluate(FrameSampler(molsys, ref["frames"], ref["energies"]), tmp_path, n_samples=4000, n_draws=2,

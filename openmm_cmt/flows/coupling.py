@@ -315,6 +315,13 @@ class SplineFlow(nn.Module):
             logdet = logdet + ld
         return x, logdet
 
+    @torch.jit.unused
+    def compile_regions(self) -> List[Tuple[nn.Module, str]]:
+        """``(module, method name)`` of the blocks worth compiling one by one (regional
+        compilation): every coupling layer's ``forward`` (torsion shifts are a single
+        addition)."""
+        return [(layer, "forward") for layer in self.layers if isinstance(layer, SplineCoupling)]
+
 
 def _drop_reversed_keys(module, state_dict, prefix, local_metadata):
     for key in [k for k in state_dict if k.startswith(prefix + "reversed_layers.")]:

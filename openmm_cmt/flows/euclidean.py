@@ -14,7 +14,7 @@ A freshly built flow is the identity, so ``q`` starts as ``N(0, s^2 I)``.
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -80,6 +80,11 @@ class EuclideanFlow(nn.Module):
         """Latent ``z [B, dim]`` to ``(x, log|det dx/dz|)``."""
         v, logdet = self.flow(z)
         return v * self.prior_scale, logdet + self.log_scale
+
+    @torch.jit.unused
+    def compile_regions(self) -> List[Tuple[nn.Module, str]]:
+        """The coupling layers of the spline flow (``SplineFlow.compile_regions``)."""
+        return self.flow.compile_regions()
 
     @torch.jit.export
     def inverse(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

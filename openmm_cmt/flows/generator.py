@@ -363,6 +363,12 @@ class Generator(nn.Module):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
+    @torch.jit.unused
+    def compile_regions(self) -> List[Tuple[nn.Module, str]]:
+        """The coupling layers of the spline flow (``SplineFlow.compile_regions``) and
+        both directions of the internal-coordinate transform."""
+        return self.flow.compile_regions() + [(self.transform, "to_internal"), (self.transform, "to_cartesian")]
+
 
 def ic_scaling(transform, bond_width: float, angle_width: float) -> Tuple[List[int], torch.Tensor, torch.Tensor]:
     """Kinds, centres and half-widths of every IC (module docstring), float64.
