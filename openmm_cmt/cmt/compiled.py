@@ -24,6 +24,18 @@ graph; within ``make demo`` (two threads) sampling by region compiled in 70 s in
 118 s but its annealing steps ran slower (BENCHMARKS.md). Whole graphs stay the default
 (``REGIONAL_KINDS`` is empty); ``openmm-cmt bench flow --modes compiled-regional`` times
 the other way.
+
+Sampling is compiled only for flows that split it into a random draw and a
+deterministic map (``sample_latent(n, generator)``, ``latent_to_positions(z)``,
+``prior_log_prob(z)``, as ``openmm_cmt.flows.Generator`` does): the latent draw stays
+eager, so compiled and eager runs consume the random streams identically and draw the
+same samples. Other flows sample eagerly.
+
+The first compiled call of each kind, whole or by region, is compared with the eager
+flow on the same inputs: the loss and the norm of the gradient (and of the difference of
+the two gradients) for the training step; values for the others. If compilation fails or
+the results disagree, one ``RuntimeWarning`` names the reason and that kind of call runs
+eagerly from then on, so a miscompiled graph can never train the flow silently.
 """
 
 from __future__ import annotations
