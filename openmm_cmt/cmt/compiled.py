@@ -131,6 +131,9 @@ class FlowCalls:
         regions = list(flow.compile_regions()) if regional else []
         self._regions = [(module, name, torch.compile(getattr(module, name), dynamic=False))
                          for module, name in regions]
+        # dynamo's name for the limit changed across torch versions: patch whichever exist
+        self._region_limits = {name: REGION_RECOMPILE_LIMIT for name in ("recompile_limit", "cache_size_limit")
+                               if regions and hasattr(torch._dynamo.config, name)}
         self._fns = {kind: self._regional(eager[kind]) if kind in regional else torch.compile(eager[kind], dynamic=False)
                      for kind in KINDS if kind in kinds}
 
@@ -146,10 +149,8 @@ class FlowCalls:
 
     @contextlib.contextmanager
     def _compiled_regions(self):
-        limits = {name: REGION_RECOMPILE_LIMIT for name in ("recompile_limit", "cache_size_limit")
-                  if hasattr(torch._dynamo.config, name)}
         try:
-            with torch._dynamo.config.patch(**limits), warnings.catch_warnings():
+            with torch._dynamo.config.patch(**self._region_limits), warnings.catch_warnings():
                 # A region's input is an intermediate of the flow; dynamo reads its
                 # ``.grad`` while tracing it, which torch warns about for non-leaf tensors.
                 warnings.filterwarnings("ignore", message="The .grad attribute of a Tensor that is not a leaf")
