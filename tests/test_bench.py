@@ -16,19 +16,19 @@ def test_bench_flow_reports_eager_and_compiled_side_by_side(tmp_path, monkeypatc
     monkeypatch.setattr(compiled_module.torch, "compile", lambda fn, **kw: fn)
     out = tmp_path / "flow.json"
     argv = ["bench", "flow", "--device", "cpu", "--presets", "laptop", "--n", "64", "--steps", "1",
-            "--repeats", "2", "--seed", "1", "--modes", "eager", "compiled", "compiled-regional", "--json", str(out)]
+            "--repeats", "2", "--seed", "1", "--modes", "eager", "compiled", "compiled-regional", "compiled-cudagraphs", "--json", str(out)]
     assert main(argv) == 0
     report = json.loads(out.read_text())
     laptop = report["presets"]["laptop"]
     assert laptop["batch_size"] == 512 and laptop["params"] > 0
-    for mode in ("eager", "compiled", "compiled-regional"):
+    for mode in ("eager", "compiled", "compiled-regional", "compiled-cudagraphs"):
         figures = laptop["modes"][mode]
         for key in ("train_samples_per_s", "sample_per_s", "log_prob_per_s", "train_samples_per_cpu_s"):
             assert figures[key] > 0
         assert figures["fallback"] == []
-    for mode in ("compiled", "compiled-regional"):
+    for mode in ("compiled", "compiled-regional", "compiled-cudagraphs"):
         assert laptop["modes"][mode]["compiled"] == {"loss": True, "log_prob": True, "sample": True}
-    for key in ("speedup", "speedup_regional"):
+    for key in ("speedup", "speedup_regional", "speedup_cudagraphs"):
         assert set(laptop[key]) >= {"train_samples_per_s", "sample_per_s", "log_prob_per_s"}
     assert report["seed"] == 1 and "load_before" in report and "load_after" in report
 

@@ -201,9 +201,74 @@ def test_trainer_with_an_exact_compiler_equals_eager(monkeypatch):
     assert strip(eager.history) == strip(compiled.history)
 
 
+def _replaying_compile(modes):
+    """A stand-in for torch.compile whose outputs live in one buffer per output that
+    every call overwrites, as a CUDA-graph replay's do (outputs that need a gradient
+    pass through, so that autograd still works)."""
+
+    def compile_(fn, **kwargs):
+        modes.append(kwargs.get("mode", "default"))
+        buffers = {}
+
+        def run(*args):
+            out = fn(*args)
+            kept = []
+            for i, t in enumerate(out if isinstance(out, tuple) else (out,)):
+                if not t.requires_grad:
+                    buffers.setdefault(i, torch.empty_like(t)).copy_(t)
+                    t = buffers[i]
+                kept.append(t)
+            return tuple(kept) if isinstance(out, tuple) else kept[0]
+
+        return run
+
+    return compile_
+
+
+@pytest.mark.parametrize("mode", ["reduce-overhead", "default"])
+def test_cuda_graph_mode_copies_outputs_out_of_the_replayed_memory(monkeypatch, mode):
+    """Under mode="reduce-overhead" every compiled call starts a new CUDA-graph step and
+    what it returns survives the next replay; without the copies the chunks of one
+    log_prob call would all read the last chunk's values."""
+    from openmm_cmt.flows import Generator
+    from openmm_cmt.systems import resolve
+
+    modes, steps = [], []
+    monkeypatch.setattr(compiled_module.torch, "compile", _replaying_compile(modes))
+    monkeypatch.setattr(compiled_module.torch.compiler, "cudagraph_mark_step_begin", lambda: steps.append(1))
+    generator = Generator.from_system(resolve("alanine-dipeptide"), GeneratorConfig(preset="cpu", n_layers=2, hidden=8, depth=1))
+    calls = FlowCalls(generator, True, 64, chunk_size=32, regional=(), mode=mode)
+    assert modes == [mode] * 3
+    torch.manual_seed(2)
+    x, log_q = calls.sample(80)  # three chunks
+    values = calls.log_prob(x)
+    torch.manual_seed(2)
+    with torch.no_grad():
+        ref_x, ref_log_q = generator.sample(80)
+        ref_values = generator.log_prob(ref_x)
+    loss, grads = calls.loss_and_grads(ref_x[:64], torch.full((64,), 1.0 / 64))
+    ref_loss, ref_grads = FlowCalls(generator, False, 64).loss_and_grads(ref_x[:64], torch.full((64,), 1.0 / 64))
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5)
+    for g, r in zip(grads, ref_grads):
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-6)
+    if mode == "reduce-overhead":
+        assert len(steps) == 3 + 3 + 1  # sample and log_prob chunks, one loss
+        torch.testing.assert_close(x, ref_x, rtol=0, atol=1e-5)
+        torch.testing.assert_close(log_q, ref_log_q, rtol=0, atol=1e-3)
+        torch.testing.assert_close(values, ref_values, rtol=0, atol=1e-3)
+    else:
+        assert steps == []
+        assert not torch.allclose(values, ref_values, rtol=0, atol=1e-3)  # the test can tell
+
+
 def test_compile_setting_is_validated_and_auto_needs_a_long_run():
     with pytest.raises(ValueError, match="compile"):
         CMTConfig(compile="yes")
+    with pytest.raises(ValueError, match="compile_mode must be one of"):
+        CMTConfig(compile_mode="max-autotune")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        FlowCalls(small_flow(), True, 64, mode="cudagraphs")
+    assert CMTTrainer(small_flow(), gmm40().target(), small_config(compile_mode="reduce-overhead")).calls.mode == "reduce-overhead"
     short = CMTTrainer(small_flow(), gmm40().target(), small_config())
     assert not any(short.calls.compiled.values())
     long_config = small_config(n_steps=AUTO_COMPILE_MIN_GRAD_STEPS // 4, grad_steps_per_step=4)

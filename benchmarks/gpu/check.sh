@@ -28,9 +28,9 @@ if [ "$MODE" = gpu ]; then
   export LD_LIBRARY_PATH=${NV}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   DEVICE=cuda
   ENERGY_ARGS="--n 100000 --loop-seconds 3"
-  FLOW_ARGS="--device cuda --presets laptop gpu --n 65536 --steps 20 --repeats 3"
-  TRAIN_ARGS="--preset gpu --device cuda --max-minutes ${TRAIN_MINUTES:-2.5} --set eval_samples=200000"
-  T_ENERGY=120; T_FLOW=210; T_TRAIN=${TRAIN_TIMEOUT:-240}
+  FLOW_ARGS="--device cuda --presets laptop gpu --modes eager compiled compiled-cudagraphs --n 65536 --steps 20 --repeats 3"
+  TRAIN_ARGS="--preset gpu --device cuda --max-minutes ${TRAIN_MINUTES:-2} --set eval_samples=200000"
+  T_ENERGY=120; T_FLOW=270; T_TRAIN=${TRAIN_TIMEOUT:-210}
 else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   DEVICE=cpu

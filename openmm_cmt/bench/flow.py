@@ -4,8 +4,10 @@ For each training preset (``--presets``, the ``generator`` and ``cmt.batch_size`
 ``openmm_cmt.presets.PRESETS``) the Generator of ``--system`` is built in float32 and
 timed through the trainer's own flow calls (``openmm_cmt.cmt.compiled.FlowCalls``),
 in the same process, in each of ``--modes``: ``eager``, ``compiled`` (the trainer's
-way: each call as one graph) and ``compiled-regional`` (each coupling layer and the
-coordinate transform as its own graph, ``FlowCalls(regional=KINDS)``):
+way: each call as one graph), ``compiled-regional`` (each coupling layer and the
+coordinate transform as its own graph, ``FlowCalls(regional=KINDS)``) and
+``compiled-cudagraphs`` (one graph per call replayed as a CUDA graph,
+``FlowCalls(mode="reduce-overhead")``; on a CPU the same as ``compiled``):
 
     train_samples_per_s   weighted forward-KL steps (log_prob of a minibatch of the
                           preset's batch size, loss, backward, Adam step), samples/s;
@@ -19,9 +21,10 @@ coordinate transform as its own graph, ``FlowCalls(regional=KINDS)``):
 
 Eager and compiled blocks alternate ``--repeats`` times and each figure is the median,
 so both modes see the same machine load; the load average (1 min) is reported before
-and after. ``speedup`` is compiled / eager per figure (``speedup_regional`` the same for
-``compiled-regional``). A mode compiled second in the process finds Inductor's one-off
-start-up already paid, so compare ``compile_s`` across separate runs.
+and after. ``speedup`` is compiled / eager per figure (``speedup_regional`` and
+``speedup_cudagraphs`` the same for the other compiled modes). A mode compiled second
+in the process finds Inductor's one-off start-up already paid, so compare
+``compile_s`` across separate runs.
 """
 
 from __future__ import annotations
@@ -34,13 +37,16 @@ import warnings
 
 import torch
 
+#: ``--modes``: the flow calls' eager and compiled variants (module docstring).
+MODES = ("eager", "compiled", "compiled-regional", "compiled-cudagraphs")
+
 
 def add_arguments(parser) -> None:
     parser.add_argument("--system", default="alanine-dipeptide", help="a registered system or a PDB file")
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     parser.add_argument("--presets", nargs="+", default=None, metavar="NAME",
                         help="training presets whose flows to time (default: laptop on cpu, laptop gpu on cuda)")
-    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=("eager", "compiled", "compiled-regional"))
+    parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=MODES)
     parser.add_argument("--n", type=int, default=8192, help="samples per sampling/log_prob call (default 8192)")
     parser.add_argument("--steps", type=int, default=10, help="training steps per timed block (default 10)")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per mode and figure (default 3)")
@@ -101,7 +107,9 @@ def _bench_preset(molsys, name: str, preset: dict, device: torch.device, args) -
     for mode in args.modes:
         # Each mode trains its own copy, so both start from the same weights.
         generator = copy.deepcopy(base)
-        calls = FlowCalls(generator, mode != "eager", batch, chunk_size=args.n, regional=KINDS if mode == "compiled-regional" else REGIONAL_KINDS)
+        calls = FlowCalls(generator, mode != "eager", batch, chunk_size=args.n,
+                          regional=KINDS if mode == "compiled-regional" else REGIONAL_KINDS,
+                          mode="reduce-overhead" if mode == "compiled-cudagraphs" else "default")
         optimizer = torch.optim.Adam(calls.params, lr=1e-4)
         modes[mode] = dict(calls=calls, optimizer=optimizer, compile_s={}, fallback=[],
                            train=[], train_cpu=[], sample=[], sample_cpu=[], log_prob=[], log_prob_cpu=[])
@@ -147,7 +155,8 @@ def _bench_preset(molsys, name: str, preset: dict, device: torch.device, args) -
             "compiled": {k: bool(v) for k, v in still.items()} if mode != "eager" else {},
             "fallback": m["fallback"],
         }
-    for mode, key in (("compiled", "speedup"), ("compiled-regional", "speedup_regional")):
+    for mode, key in (("compiled", "speedup"), ("compiled-regional", "speedup_regional"),
+                      ("compiled-cudagraphs", "speedup_cudagraphs")):
         if "eager" in out["modes"] and mode in out["modes"]:
             e, c = out["modes"]["eager"], out["modes"][mode]
             out[key] = {k: c[k] / e[k] for k in e if k.endswith("per_s") or k.endswith("per_cpu_s")}

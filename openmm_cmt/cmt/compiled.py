@@ -31,6 +31,13 @@ deterministic map (``sample_latent(n, generator)``, ``latent_to_positions(z)``,
 eager, so compiled and eager runs consume the random streams identically and draw the
 same samples. Other flows sample eagerly.
 
+On CUDA the graphs can also be captured as CUDA graphs (``mode="reduce-overhead"``,
+Inductor's CUDA-graph trees), which replays every kernel launch of a call at once, for
+the launch-bound small batches of a flow step. A replay writes its outputs into the same
+memory as the one before, so ``FlowCalls`` marks each call as a new step
+(``torch.compiler.cudagraph_mark_step_begin``) and copies out what it returns. On a CPU
+the mode compiles as ``"default"`` does.
+
 The first compiled call of each kind, whole or by region, is compared with the eager
 flow on the same inputs: the loss and the norm of the gradient (and of the difference of
 the two gradients) for the training step; values for the others. If compilation fails or
@@ -54,6 +61,9 @@ KINDS = ("loss", "log_prob", "sample")
 
 #: The kinds ``FlowCalls`` compiles region by region by default (module docstring): none.
 REGIONAL_KINDS: tuple[str, ...] = ()
+
+#: ``torch.compile`` modes ``FlowCalls`` accepts (module docstring).
+COMPILE_MODES = ("default", "reduce-overhead")
 
 #: Compiled variants allowed per region (dynamo's ``recompile_limit``, default 8): one per
 #: block shape, direction, batch size and grad mode, so a dozen for a typical flow.
@@ -102,6 +112,8 @@ class FlowCalls:
     regional
         the kinds compiled region by region when the flow names its regions
         (``compile_regions()``, module docstring); the others as whole calls.
+    mode
+        ``"default"``, or ``"reduce-overhead"`` to capture CUDA graphs on CUDA.
 
     Attributes
     ----------
@@ -113,12 +125,16 @@ class FlowCalls:
     """
 
     def __init__(self, flow: torch.nn.Module, enabled: bool, batch_size: int, chunk_size: int = 8192,
-                 regional=REGIONAL_KINDS):
+                 regional=REGIONAL_KINDS, mode: str = "default"):
         if not (isinstance(batch_size, int) and batch_size >= 1 and isinstance(chunk_size, int) and chunk_size >= 1):
             raise ValueError(f"batch_size and chunk_size must be positive integers, got {batch_size!r}, {chunk_size!r}")
         if not set(regional) <= set(KINDS):
             raise ValueError(f"regional must name kinds among {KINDS}, got {regional!r}")
+        if mode not in COMPILE_MODES:
+            raise ValueError(f"mode must be one of {COMPILE_MODES}, got {mode!r}")
         self.flow = flow
+        self.mode = mode
+        options = {} if mode == "default" else {"mode": mode}
         self.batch_size = batch_size
         self.chunk_size = chunk_size
         self.params = [p for p in flow.parameters() if p.requires_grad]
@@ -129,13 +145,13 @@ class FlowCalls:
         eager = {"loss": self._eager_loss, "log_prob": self._eager_log_prob, "sample": self._eager_latent_map}
         regional = set(regional) & kinds if hasattr(flow, "compile_regions") else set()
         regions = list(flow.compile_regions()) if regional else []
-        self._regions = [(module, name, torch.compile(getattr(module, name), dynamic=False))
+        self._regions = [(module, name, torch.compile(getattr(module, name), dynamic=False, **options))
                          for module, name in regions]
         # dynamo's name for the limit changed across torch versions: patch whichever exist
         self._region_limits = {name: REGION_RECOMPILE_LIMIT for name in ("recompile_limit", "cache_size_limit")
                                if regions and hasattr(torch._dynamo.config, name)}
-        self._fns = {kind: self._regional(eager[kind]) if kind in regional else torch.compile(eager[kind], dynamic=False)
-                     for kind in KINDS if kind in kinds}
+        self._fns = {kind: self._regional(eager[kind]) if kind in regional
+                     else torch.compile(eager[kind], dynamic=False, **options) for kind in KINDS if kind in kinds}
 
     # -- regional compilation ---------------------------------------------------------------
     def _regional(self, fn):
@@ -174,6 +190,15 @@ class FlowCalls:
         return x, self.flow.prior_log_prob(z) - logdet
 
     # -- dispatch -------------------------------------------------------------------------
+    def _call(self, kind: str, *args):
+        """The compiled ``kind`` call; under CUDA graphs a new step, its outputs copied out
+        of the graph's memory before the next replay overwrites them."""
+        if self.mode != "reduce-overhead":
+            return self._fns[kind](*args)
+        torch.compiler.cudagraph_mark_step_begin()
+        out = self._fns[kind](*args)
+        return tuple(t.clone() for t in out) if isinstance(out, tuple) else out.clone()
+
     def _fallback(self, kind: str, reason: str) -> None:
         self.compiled[kind] = False
         warnings.warn(f"torch.compile of the flow's {kind} call {reason}; running it eagerly from now on",
@@ -187,8 +212,10 @@ class FlowCalls:
         entry per trainable parameter (None where the loss does not depend on it)."""
         if self.compiled["loss"] and x.shape[0] == self.batch_size:
             try:
-                loss = self._fns["loss"](x, weights)
+                loss = self._call("loss", x, weights)
                 grads = self._grads(loss)
+                if self.mode == "reduce-overhead":
+                    grads = [None if g is None else g.clone() for g in grads]
                 if "loss" not in self.checked:
                     self._check_loss(x, weights, loss, grads)
                     self.checked.add("loss")
@@ -229,7 +256,7 @@ class FlowCalls:
     def _log_prob_chunk(self, chunk: torch.Tensor) -> torch.Tensor:
         if self.compiled["log_prob"]:
             try:
-                values = self._fns["log_prob"](_pad_rows(chunk, self.chunk_size))
+                values = self._call("log_prob", _pad_rows(chunk, self.chunk_size))
                 if "log_prob" not in self.checked:
                     _check_close("log_prob", values[: chunk.shape[0]], self._eager_log_prob(chunk))
                     self.checked.add("log_prob")
@@ -255,7 +282,7 @@ class FlowCalls:
     def _sample_chunk(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.compiled["sample"]:
             try:
-                x, log_q = self._fns["sample"](_pad_rows(z, self.chunk_size))
+                x, log_q = self._call("sample", _pad_rows(z, self.chunk_size))
                 if "sample" not in self.checked:
                     ref_x, ref_log_q = self._eager_latent_map(z)
                     _check_close("sample positions", x[: z.shape[0]], ref_x)

@@ -54,7 +54,7 @@ import numpy as np
 import torch
 
 from openmm_cmt.cmt.buffer import ReplayBuffer
-from openmm_cmt.cmt.compiled import FlowCalls, compile_available
+from openmm_cmt.cmt.compiled import COMPILE_MODES, FlowCalls, compile_available
 from openmm_cmt.cmt.dual import DualSolution, annealing_step
 from openmm_cmt.cmt.paths import PATHS, check_path, make_path
 from openmm_cmt.metrics.ess import reverse_ess
@@ -121,6 +121,9 @@ class CMTConfig:
         so that compiling pays off. On a 2-core machine Inductor (torch 2.9) made an
         annealing step about 1.5x faster and compiling cost 3-5 minutes once
         (BENCHMARKS.md), which a run of the laptop preset's 5,000 gradient steps repays.
+    compile_mode
+        ``"default"``, or ``"reduce-overhead"`` to replay the compiled calls as CUDA
+        graphs on CUDA (no effect on a CPU; :mod:`openmm_cmt.cmt.compiled`).
     """
 
     path: str = "cmt"
@@ -143,12 +146,15 @@ class CMTConfig:
     n_temperatures: int = 5
     reverse_kl_batch_size: int | None = None
     compile: bool | str = "auto"
+    compile_mode: str = "default"
     ema_decay: float = 0.0
 
     def __post_init__(self):
         check_path(self.path)
         if self.compile not in (True, False, "auto"):
             raise ValueError(f"compile must be True, False or 'auto', got {self.compile!r}")
+        if self.compile_mode not in COMPILE_MODES:
+            raise ValueError(f"compile_mode must be one of {COMPILE_MODES}, got {self.compile_mode!r}")
         for name in ("n_steps", "samples_per_step", "buffer_size", "grad_steps_per_step", "batch_size"):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
@@ -239,7 +245,7 @@ class CMTTrainer:
             else None
         )
         self.buffer = ReplayBuffer(len(self._shard(config.buffer_size)))
-        self.calls = FlowCalls(flow, self._compile_enabled(), len(self._shard(config.batch_size)))
+        self.calls = FlowCalls(flow, self._compile_enabled(), len(self._shard(config.batch_size)), mode=config.compile_mode)
         self._phase = dict.fromkeys(PHASES, 0.0)
         self.step_index = 0
         self.grad_step_index = 0
