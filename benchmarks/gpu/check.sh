@@ -30,7 +30,7 @@ if [ "$MODE" = gpu ]; then
   ENERGY_ARGS="--n 100000 --loop-seconds 3"
   FLOW_ARGS="--device cuda --presets laptop gpu --modes eager compiled compiled-cudagraphs --n 65536 --steps 20 --repeats 3"
   TRAIN_ARGS="--preset gpu --device cuda --max-minutes ${TRAIN_MINUTES:-2} --set eval_samples=200000"
-  T_ENERGY=120; T_FLOW=270; T_TRAIN=${TRAIN_TIMEOUT:-210}
+  T_ENERGY=120; T_FLOW=250; T_TRAIN=${TRAIN_TIMEOUT:-200}
 else
   export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
   DEVICE=cpu
