@@ -180,6 +180,10 @@ def check_settings(section: str, values: dict, schema: dict) -> None:
         check_setting(f"{section}.{key}", value, kind, allow_none, minimum, inclusive)
 
 
+# prior_sigma 0.15 is wider than the target's own marginals in the harmonic scaling
+# (about 0.100 for bonds and 0.126 for angles on alanine dipeptide). At 0.12 the
+# annealing reaches the target in half the steps, but the generator's tails end too
+# light: forward ESS 0.005 against 0.68 (BENCHMARKS.md, rows W-Y).
 PRESETS: dict[str, dict] = {
     "laptop": dict(
         generator=dict(preset="cpu", n_layers=8, hidden=128, depth=2, n_bins=8, masking="all2all",
