@@ -12,8 +12,9 @@ import sys
 
 import numpy as np
 import torch
-from scipy.special import logsumexp
 
+from openmm_cmt.metrics.basins import weighted_mean
+from openmm_cmt.metrics.ess import log_z_estimate, reverse_ess
 from openmm_cmt.presets import preset
 from openmm_cmt.sampler import BoltzmannGeneratorSampler
 
@@ -21,11 +22,10 @@ N = 50_000
 
 
 def entropies(samples, kT):
+    """(H(q), H(p), reverse ESS) from one weighted draw."""
     log_w = samples.log_weights
-    log_z = logsumexp(log_w) - np.log(len(log_w))
-    w = np.exp(log_w - log_w.max())
-    w /= w.sum()
-    return -np.mean(samples.log_q), float((w * samples.energies / kT).sum() + log_z), 1.0 / (w**2).sum() / len(w)
+    mean_u, _ = weighted_mean(samples.energies / kT, log_w)
+    return -np.mean(samples.log_q), mean_u + log_z_estimate(log_w), reverse_ess(log_w)
 
 
 torch.manual_seed(0)

@@ -15,6 +15,7 @@ import sys
 import numpy as np
 import torch
 
+from openmm_cmt.metrics.basins import normalised_weights
 from openmm_cmt.sampler import BoltzmannGeneratorSampler
 
 torch.manual_seed(1)
@@ -28,8 +29,7 @@ with torch.no_grad():
     delta = ic - g.ic_centre
     delta = torch.where(g.wrapped, torch.remainder(delta + math.pi, 2 * math.pi) - math.pi, delta)
     y = (delta / g.ic_half_width).double().numpy()
-w = np.exp(samples.log_weights - samples.log_weights.max())
-w /= w.sum()
+w = normalised_weights(samples.log_weights, len(samples.log_weights))
 mean = (w[:, None] * y).sum(0)
 sd = np.sqrt((w[:, None] * (y - mean) ** 2).sum(0))
 bounded = g.bounded.numpy()

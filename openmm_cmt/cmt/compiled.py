@@ -134,7 +134,6 @@ class FlowCalls:
             raise ValueError(f"mode must be one of {COMPILE_MODES}, got {mode!r}")
         self.flow = flow
         self.mode = mode
-        options = {} if mode == "default" else {"mode": mode}
         self.batch_size = batch_size
         self.chunk_size = chunk_size
         self.params = [p for p in flow.parameters() if p.requires_grad]
@@ -145,13 +144,13 @@ class FlowCalls:
         eager = {"loss": self._eager_loss, "log_prob": self._eager_log_prob, "sample": self._eager_latent_map}
         regional = set(regional) & kinds if hasattr(flow, "compile_regions") else set()
         regions = list(flow.compile_regions()) if regional else []
-        self._regions = [(module, name, torch.compile(getattr(module, name), dynamic=False, **options))
+        self._regions = [(module, name, torch.compile(getattr(module, name), dynamic=False, mode=mode))
                          for module, name in regions]
         # dynamo's name for the limit changed across torch versions: patch whichever exist
         self._region_limits = {name: REGION_RECOMPILE_LIMIT for name in ("recompile_limit", "cache_size_limit")
                                if regions and hasattr(torch._dynamo.config, name)}
         self._fns = {kind: self._regional(eager[kind]) if kind in regional
-                     else torch.compile(eager[kind], dynamic=False, **options) for kind in KINDS if kind in kinds}
+                     else torch.compile(eager[kind], dynamic=False, mode=mode) for kind in KINDS if kind in kinds}
 
     # -- regional compilation ---------------------------------------------------------------
     def _regional(self, fn):
