@@ -221,6 +221,9 @@ class BoltzmannGeneratorSampler:
     ) -> list[dict]:
         """Run CMT annealing steps until ``n_steps`` (default: the config's) are done.
 
+        More steps than the config's extend the run (``CMTTrainer.extend``): a cosine
+        learning-rate schedule then spans all ``n_steps``.
+
         Parameters
         ----------
         config
@@ -253,6 +256,11 @@ class BoltzmannGeneratorSampler:
 
         trainer = self._make_trainer()
         total = trainer.config.n_steps if n_steps is None else n_steps
+        if total > trainer.config.n_steps:
+            # A longer run: its learning-rate schedule spans the new length, and the
+            # config saved with it says so (a later resume continues the same schedule).
+            trainer.extend(total)
+            self.config.cmt.update(n_steps=total, n_geometric=trainer.config.n_geometric)
         reporter = _Progress(total, trainer.step_index, enabled=progress and is_main())
         callbacks = list(callbacks)
         every = self.config.checkpoint_every

@@ -153,13 +153,14 @@ def test_alanine_dipeptide_two_processes_resume_and_match_one_process(tmp_path):
 
     cmt = {k.split(".")[1]: v for k, v in TINY.items() if k.startswith("cmt.")}
     generator = {k.split(".")[1]: v for k, v in TINY.items() if k.startswith("generator.")}
-    # the run's config keeps n_steps = 2 (its cosine schedule); the resume trains a third step
+    # the run was configured for n_steps = 2; the resume extends it by a third step
     config = preset("laptop", cmt=dict(cmt, n_steps=2), generator=generator, energy_compile=False, device="cpu")
     sampler = BoltzmannGeneratorSampler.from_name("alanine-dipeptide", config=config)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as in each training process: the same kernels, the same rounding
     try:
         reference = AsRanks(sampler.generator, sampler._target(), config.cmt_config())
+        reference.run(2)
         expected = reference.run(3)
     finally:
         torch.set_num_threads(threads)

@@ -92,6 +92,17 @@ def test_resumed_training_equals_uninterrupted(tmp_path):
         assert torch.equal(a, b), k
 
 
+def test_training_past_the_configured_steps_extends_the_saved_run(tmp_path):
+    sampler = BoltzmannGeneratorSampler.from_name("alanine-dipeptide", config=tiny_config(n_steps=2, seed=3))
+    sampler.train(progress=False)
+    sampler.train(n_steps=3, progress=False)
+    assert sampler.config.cmt["n_steps"] == sampler.trainer.config.n_steps == 3
+    sampler.save(tmp_path)
+    loaded = BoltzmannGeneratorSampler.load(tmp_path)
+    assert loaded.config.cmt_config().n_steps == 3
+    assert loaded._make_trainer().total_grad_steps == sampler.trainer.total_grad_steps
+
+
 def test_corrupt_and_mismatched_checkpoints_are_refused(trained, tmp_path):
     sampler, _ = trained
     sampler.save(tmp_path)

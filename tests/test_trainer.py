@@ -195,6 +195,70 @@ def test_resume_equals_uninterrupted_run(path, ema_decay):
         assert len(straight.buffer) == 600  # 0.1 of each step's samples kept out
 
 
+def _saved_and_loaded(trainer):
+    blob = io.BytesIO()
+    torch.save(trainer.state_dict(), blob)
+    blob.seek(0)
+    return torch.load(blob, weights_only=True)
+
+
+def test_cosine_learning_rate_is_the_closed_form_and_ends_at_zero():
+    config = CMTConfig(n_steps=4, grad_steps_per_step=5, lr=0.01, lr_schedule="cosine")
+    trainer = CMTTrainer(small_flow(), gmm40().target(), config)
+    k = trainer.total_grad_steps
+    assert k == 20
+    assert trainer.learning_rate(0) == pytest.approx(0.01)
+    assert trainer.learning_rate(5) == pytest.approx(0.005 * (1 + math.cos(math.pi / 4)))
+    assert trainer.learning_rate(10) == pytest.approx(0.005)
+    assert trainer.learning_rate(20) == 0.0 and trainer.learning_rate(27) == 0.0  # no rise past the end
+    constant = CMTTrainer(small_flow(), gmm40().target(), CMTConfig(lr=0.02))
+    assert constant.learning_rate(0) == constant.learning_rate(10_000) == 0.02
+
+
+def test_running_past_n_steps_stretches_the_cosine_schedule_and_still_trains():
+    config = CMTConfig(n_steps=2, samples_per_step=256, buffer_size=512, grad_steps_per_step=5, batch_size=128,
+                       lr=0.01, lr_schedule="cosine", seed=2)
+    trainer = CMTTrainer(small_flow(), gmm40().target(), config)
+    used = []
+    step = trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        used.append(trainer.optimizer.param_groups[0]["lr"])
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    trainer.run()
+    assert used[-1] == pytest.approx(0.005 * (1 + math.cos(math.pi * 9 / 10)))
+    before = [p.detach().clone() for p in trainer.flow.parameters()]
+    trainer.run(3)
+    assert trainer.config.n_steps == 3 and trainer.total_grad_steps == 15
+    # the added step trains at the longer schedule's rates, not at the shorter one's zero
+    assert used[10:] == pytest.approx([0.005 * (1 + math.cos(math.pi * k / 15)) for k in range(10, 15)])
+    assert any(not torch.equal(a, b) for a, b in zip(before, trainer.flow.parameters()))
+    with pytest.raises(ValueError, match="more than the run's 3 annealing steps"):
+        trainer.extend(3)
+
+
+def test_an_extended_run_resumes_like_an_uninterrupted_one():
+    config = CMTConfig(n_steps=2, samples_per_step=256, buffer_size=600, grad_steps_per_step=5, batch_size=128,
+                       lr_schedule="cosine", seed=4, ema_decay=0.5)
+    straight = CMTTrainer(small_flow(), gmm40().target(), config)
+    straight.run()
+    straight.run(3)
+    straight.run(4)
+
+    first = CMTTrainer(small_flow(), gmm40().target(), config)
+    first.run()
+    first.run(3)
+    resumed = CMTTrainer(small_flow(seed=7), gmm40().target(), config)  # built with the run's original n_steps
+    resumed.load_state_dict(_saved_and_loaded(first))
+    assert resumed.config.n_steps == 3 and resumed.total_grad_steps == 15
+    resumed.run(4)
+    for (name, a), (_, b) in zip(straight.flow.state_dict().items(), resumed.flow.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert comparable(straight.history) == comparable(resumed.history)
+
+
 def test_averaged_model_is_the_moving_average_of_the_optimised_one():
     """With ema_decay d the flow ends a step holding avg_k = d avg_{k-1} + (1 - d) theta_k
     over the optimiser's iterates theta_k (avg_0 the parameters before the step), while the

@@ -91,7 +91,8 @@ class CMTConfig:
     lr, weight_decay
         the optimizer's settings.
     lr_schedule
-        ``constant`` or ``cosine`` (to zero over n_steps * grad_steps_per_step).
+        ``constant`` or ``cosine`` (to zero over n_steps * grad_steps_per_step;
+        ``CMTTrainer.learning_rate``).
     grad_clip
         largest gradient norm (None: no clipping).
     drop_top_energy_fraction
@@ -239,11 +240,6 @@ class CMTTrainer:
         opt = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
         self.optimizer = opt(params, lr=config.lr, weight_decay=config.weight_decay)
         self.total_grad_steps = config.n_steps * config.grad_steps_per_step
-        self.scheduler = (
-            torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=self.total_grad_steps)
-            if config.lr_schedule == "cosine"
-            else None
-        )
         self.buffer = ReplayBuffer(len(self._shard(config.buffer_size)))
         self.calls = FlowCalls(flow, self._compile_enabled(), len(self._shard(config.batch_size)), mode=config.compile_mode)
         self._phase = dict.fromkeys(PHASES, 0.0)
@@ -432,14 +428,14 @@ class CMTTrainer:
             p.grad = g
         if self.config.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(self.calls.params, self.config.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.grad_step_index)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self._optimised is not None and self._average is not None:
             with torch.no_grad():
                 torch._foreach_lerp_(self._average, [p.detach() for p in self.calls.params], 1.0 - self.config.ema_decay)
         self.grad_step_index += 1
-        if self.scheduler is not None and self.grad_step_index <= self.total_grad_steps:
-            self.scheduler.step()
         return float(loss)
 
     # -- data parallelism: identities here, collectives in openmm_cmt.cmt.distributed -----
@@ -463,11 +459,41 @@ class CMTTrainer:
         """The loss and gradient of the whole minibatch from this process's part of them."""
         return loss, grads
 
+    def learning_rate(self, grad_step: int) -> float:
+        r"""The learning rate of optimiser step ``grad_step`` (counted from 0 over the run).
+
+        ``constant``: ``lr``. ``cosine``: :math:`\tfrac12\,\mathrm{lr}\,(1 + \cos(\pi
+        \min(k, K)/K))` over the run's :math:`K` = ``n_steps * grad_steps_per_step``
+        optimiser steps, zero from step :math:`K` on. A pure function of the step, so that
+        a resumed or extended run needs no scheduler state.
+        """
+        if self.config.lr_schedule == "constant":
+            return self.config.lr
+        progress = min(grad_step, self.total_grad_steps) / self.total_grad_steps
+        return 0.5 * self.config.lr * (1.0 + math.cos(math.pi * progress))
+
+    def extend(self, n_steps: int) -> None:
+        """Make the run ``n_steps`` annealing steps long (more than ``config.n_steps``).
+
+        The cosine learning-rate schedule then spans the longer run, so the steps added
+        train at the rate that schedule gives them rather than at the zero the shorter
+        one ends on; steps already taken keep the rates they had. A geometric-linear
+        schedule keeps its length (``n_geometric`` is pinned to the old ``n_steps``).
+        """
+        if n_steps <= self.config.n_steps:
+            raise ValueError(f"extend needs more than the run's {self.config.n_steps} annealing steps, got {n_steps}")
+        pinned = self.config.n_geometric or self.config.n_steps
+        self.config = dataclasses.replace(self.config, n_steps=n_steps, n_geometric=pinned)
+        self.total_grad_steps = n_steps * self.config.grad_steps_per_step
+
     def run(self, n_steps: int | None = None, callback: Callable | None = None) -> list[dict]:
         """Annealing steps until ``n_steps`` (default ``config.n_steps``) have been taken in
-        total (a resumed trainer continues where it stopped). ``callback(trainer, record)``
-        runs after each step; returning True stops early. Returns ``history``."""
+        total (a resumed trainer continues where it stopped); more than ``config.n_steps``
+        extends the run (``extend``). ``callback(trainer, record)`` runs after each step;
+        returning True stops early. Returns ``history``."""
         n_steps = self.config.n_steps if n_steps is None else n_steps
+        if n_steps > self.config.n_steps:
+            self.extend(n_steps)
         while self.step_index < n_steps:
             record = self.step()
             if callback is not None and callback(self, record):
@@ -482,7 +508,6 @@ class CMTTrainer:
             "config": dataclasses.asdict(self.config),
             "flow": self.flow.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
             "buffer": self.buffer.state_dict(),
             "step_index": self.step_index,
             "grad_step_index": self.grad_step_index,
@@ -499,8 +524,8 @@ class CMTTrainer:
             raise ValueError(f"checkpoint was trained with path {state['config']['path']!r}, not {self.config.path!r}")
         self.flow.load_state_dict(state["flow"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if self.scheduler is not None and state["scheduler"] is not None:
-            self.scheduler.load_state_dict(state["scheduler"])
+        if state["config"]["n_steps"] > self.config.n_steps:  # the stored run was extended
+            self.extend(state["config"]["n_steps"])
         self.buffer.load_state_dict(state["buffer"])
         self.step_index = int(state["step_index"])
         self.grad_step_index = int(state["grad_step_index"])

@@ -164,6 +164,8 @@ def _train(args, out: str) -> int:
         if steps <= len(sampler.history):
             say(f"{out} has done its {len(sampler.history)} annealing steps; nothing to train (--steps N trains on)")
         applied = [f"--steps {args.steps}"] if args.steps is not None else []
+        if steps > sampler.config.cmt_config().n_steps and sampler.config.cmt_config().lr_schedule == "cosine":
+            applied.append(f"the cosine learning-rate schedule now spans {steps} steps")
         if args.eval_samples is not None:
             sampler.config.eval_samples = args.eval_samples
             applied.append(f"--eval-samples {args.eval_samples}")
