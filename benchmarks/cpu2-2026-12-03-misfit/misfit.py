@@ -18,7 +18,6 @@ w = p~(x) / q(x) normalised to mean 1 (so Var(w) = 1 / ESS - 1):
 """
 
 import copy
-import math
 import sys
 
 import numpy as np
@@ -37,9 +36,7 @@ g = sampler.generator
 samples = sampler.sample(100_000)
 with torch.no_grad():
     ic, _ = g.transform.to_internal(torch.as_tensor(samples.positions, dtype=torch.float32))
-    delta = ic - g.ic_centre
-    delta = torch.where(g.wrapped, torch.remainder(delta + math.pi, 2 * math.pi) - math.pi, delta)
-    y = (delta / g.ic_half_width).double().numpy()
+    y = g.scaled_coordinates(ic).double().numpy()
     torsion = ic.double().numpy()
 log_w = samples.log_weights
 finite = np.isfinite(log_w)

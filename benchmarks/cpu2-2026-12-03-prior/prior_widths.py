@@ -9,7 +9,6 @@ coordinate by kind, with sum log(0.15 / sd): the entropy (nats, Gaussian approxi
 by which a prior of width 0.15 is broader than the target's marginals.
 """
 
-import math
 import sys
 
 import numpy as np
@@ -26,9 +25,7 @@ if g.n_constraints:
 samples = sampler.sample(20_000)
 with torch.no_grad():
     ic, _ = g.transform.to_internal(torch.as_tensor(samples.positions, dtype=torch.float32))
-    delta = ic - g.ic_centre
-    delta = torch.where(g.wrapped, torch.remainder(delta + math.pi, 2 * math.pi) - math.pi, delta)
-    y = (delta / g.ic_half_width).double().numpy()
+    y = g.scaled_coordinates(ic).double().numpy()
 w = normalised_weights(samples.log_weights, len(samples.log_weights))
 mean = (w[:, None] * y).sum(0)
 sd = np.sqrt((w[:, None] * (y - mean) ** 2).sum(0))

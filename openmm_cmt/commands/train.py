@@ -160,11 +160,12 @@ def _train(args, out: str) -> int:
                                                  trust_run=args.trust_run)
         if not os.path.isdir(args.system) and name_of(args.system) != sampler.molsys.name:
             raise ValueError(f"{out} holds a run of {sampler.molsys.name!r}, not of {args.system!r}")
-        steps = sampler.config.cmt_config().n_steps if args.steps is None else args.steps
+        stored = sampler.config.cmt_config()
+        steps = stored.n_steps if args.steps is None else args.steps
         if steps <= len(sampler.history):
             say(f"{out} has done its {len(sampler.history)} annealing steps; nothing to train (--steps N trains on)")
         applied = [f"--steps {args.steps}"] if args.steps is not None else []
-        if steps > sampler.config.cmt_config().n_steps and sampler.config.cmt_config().lr_schedule == "cosine":
+        if steps > stored.n_steps and stored.lr_schedule == "cosine":
             applied.append(f"the cosine learning-rate schedule now spans {steps} steps")
         if args.eval_samples is not None:
             sampler.config.eval_samples = args.eval_samples

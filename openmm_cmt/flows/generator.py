@@ -319,9 +319,7 @@ class Generator(nn.Module):
             deviation = (ic[:, self.fixed_ics] - lengths).abs()
             outside = outside | (deviation > self.constraint_tolerance * lengths).any(1)
             ic = ic[:, self.free_ics]
-        delta = ic - self.ic_centre
-        delta = torch.where(self.wrapped, torch.remainder(delta + math.pi, 2.0 * math.pi) - math.pi, delta)
-        y = delta / self.ic_half_width
+        y = self.scaled_coordinates(ic)
         outside = outside | (self.bounded & (y.abs() > 1.0 + self.support_tolerance)).any(1)
         outside = outside | ~torch.isfinite(y).all(1)
         # Zero the rejected rows before the flow so that no NaN reaches the gradients.
@@ -331,6 +329,15 @@ class Generator(nn.Module):
         logdet_x = logdet_ic - self.metric(x)
         logdet = torch.where(outside, torch.zeros_like(logdet_x), logdet_x) + logdet_flow - self._log_scale()
         return z, torch.where(outside, torch.full_like(logdet, -math.inf), logdet)
+
+    @torch.jit.export
+    def scaled_coordinates(self, ic: torch.Tensor) -> torch.Tensor:
+        """Free internal coordinates ``[B, D]`` -> the flow's data space: the offset from
+        ``ic_centre`` (torsions wrapped into ``[-pi, pi)``) over ``ic_half_width``, so that
+        bounded dimensions inside their interval lie in ``[-1, 1]``."""
+        delta = ic - self.ic_centre
+        delta = torch.where(self.wrapped, torch.remainder(delta + math.pi, 2.0 * math.pi) - math.pi, delta)
+        return delta / self.ic_half_width
 
     @torch.jit.export
     def sample_latent(self, n: int, generator: Optional[torch.Generator] = None) -> torch.Tensor:
