@@ -21,6 +21,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from typing import Callable, Iterable
 
 import numpy as np
@@ -49,6 +50,25 @@ CLASH_DISTANCE = 0.01
 
 class RunSaveError(CheckpointError):
     """A checkpoint save failed twice; the sampler still holds the training state."""
+
+
+class AnnealingIncompleteWarning(UserWarning):
+    """Training ended before the annealing reached the target (beta = 1)."""
+
+
+def _warn_if_not_annealed(history: list[dict]) -> None:
+    """Warn when the last step's density is not the target yet (a step at the target has
+    alpha = 0 and beta = 1). The weights of ``sample`` still target the Boltzmann
+    distribution exactly; only the generator is fitted to a tempered density."""
+    if not history:
+        return
+    last = history[-1]
+    if last.get("beta", 1.0) < 1.0 or last.get("alpha", 0.0) > 0.0:
+        warnings.warn(
+            f"annealing ended at beta = {last['beta']:.3f} (alpha = {last['alpha']:.3f}) after {len(history)} steps, "
+            "short of the target (beta = 1, alpha = 0): the generator is fitted to a tempered density, so "
+            "expect a lower ESS. Train more steps (openmm-cmt train --resume --steps N) or anneal faster "
+            "(a larger cmt.eps_ent).", AnnealingIncompleteWarning, stacklevel=3)
 
 
 @dataclasses.dataclass
@@ -277,11 +297,13 @@ class BoltzmannGeneratorSampler:
         if checkpoint_dir is None:
             trainer.run(total, callback=after_step)
             reporter.close()
-            return trainer.history
-        with hold_run_lock(checkpoint_dir) if is_main() else contextlib.nullcontext():  # one writer for the run
-            trainer.run(total, callback=after_step)
-            reporter.close()
-            self._checkpoint(checkpoint_dir, final=True)
+        else:
+            with hold_run_lock(checkpoint_dir) if is_main() else contextlib.nullcontext():  # one writer for the run
+                trainer.run(total, callback=after_step)
+                reporter.close()
+                self._checkpoint(checkpoint_dir, final=True)
+        if is_main():
+            _warn_if_not_annealed(trainer.history)
         return trainer.history
 
     def _checkpoint(self, folder, final: bool) -> None:

@@ -1,6 +1,6 @@
 """One process of a data-parallel test job, started by torchrun (tests/test_distributed.py).
 
-``toy OUT PATH DROP STEPS``: trains the 40-mode mixture with DistributedCMTTrainer and writes
+``toy OUT PATH DROP STEPS [FIT_ORDER]``: trains the 40-mode mixture with DistributedCMTTrainer and writes
 rank<r>.json (the history's dual solutions and the flow's parameters).
 ``cli DIE_RANK DIE_STEP ARGS...``: runs ``openmm-cmt ARGS``, rank DIE_RANK dying abruptly
 (os._exit) at the start of annealing step DIE_STEP (-1: never), once the run folder holds the
@@ -18,12 +18,13 @@ from openmm_cmt.cmt import distributed
 from openmm_cmt.cmt.distributed import DistributedCMTTrainer
 
 
-def toy_config(path: str, drop: float, steps: int, seed: int = 0):
+def toy_config(path: str, drop: float, steps: int, seed: int = 0, fit_order: float = 1.0):
     from openmm_cmt.cmt import CMTConfig
 
     # buffer and minibatch of the whole step: the one-process reference then fits on the same rows
     return CMTConfig(path=path, n_steps=steps, samples_per_step=301, buffer_size=301, batch_size=301,
-                     grad_steps_per_step=6, drop_top_energy_fraction=drop, lr=5e-3, seed=seed, compile=False)
+                     grad_steps_per_step=6, drop_top_energy_fraction=drop, lr=5e-3, seed=seed, compile=False,
+                     fit_order=fit_order)
 
 
 def toy_flow():
@@ -39,11 +40,11 @@ def summary(trainer) -> dict:
             "buffer_log_p": trainer.buffer.log_p.tolist()}
 
 
-def toy(out: str, path: str, drop: float, steps: int) -> None:
+def toy(out: str, path: str, drop: float, steps: int, fit_order: float = 1.0) -> None:
     from openmm_cmt.cmt.toy_targets import gmm40
 
     distributed.init_process_group("cpu", timeout_s=60)
-    trainer = DistributedCMTTrainer(toy_flow(), gmm40().target(), toy_config(path, drop, steps))
+    trainer = DistributedCMTTrainer(toy_flow(), gmm40().target(), toy_config(path, drop, steps, fit_order=fit_order))
     trainer.run()
     with open(os.path.join(out, f"rank{trainer.rank}.json"), "w") as f:
         json.dump(summary(trainer), f)
@@ -100,6 +101,6 @@ def _wait_for_checkpoint(run: str, n_steps: int, timeout_s: float = 60.0) -> Non
 if __name__ == "__main__":
     torch.set_num_threads(1)
     if sys.argv[1] == "toy":
-        toy(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]))
+        toy(sys.argv[2], sys.argv[3], float(sys.argv[4]), int(sys.argv[5]), *map(float, sys.argv[6:7]))
     else:
         sys.exit(cli(int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]))

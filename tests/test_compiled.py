@@ -39,15 +39,16 @@ def _batch(flow, n=128, seed=0):
     return x, weights
 
 
-@pytest.mark.parametrize("regional", [KINDS, ()])
-def test_compiled_loss_gradient_and_log_prob_match_eager(regional):
+@pytest.mark.parametrize("regional, tilt", [(KINDS, 0.0), ((), 0.0), ((), 1.0)])
+def test_compiled_loss_gradient_and_log_prob_match_eager(regional, tilt):
     """The real torch.compile on a small flow, every call per coupling layer or as one
-    graph: verified on the first call and kept."""
+    graph, with and without the alpha-divergence tilt: verified on the first call and kept."""
     if not compile_available(torch.device("cpu")):
         pytest.skip("no C++ compiler for torch.compile on CPU")
     flow = small_flow()
     x, weights = _batch(flow)
-    compiled, eager = FlowCalls(flow, True, 128, chunk_size=100, regional=regional), FlowCalls(flow, False, 128)
+    compiled = FlowCalls(flow, True, 128, chunk_size=100, regional=regional, tilt=tilt)
+    eager = FlowCalls(flow, False, 128, tilt=tilt)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # a fallback would warn
         loss, grads = compiled.loss_and_grads(x, weights)
@@ -268,6 +269,10 @@ def test_compile_setting_is_validated_and_auto_needs_a_long_run():
         CMTConfig(compile_mode="max-autotune")
     with pytest.raises(ValueError, match="mode must be one of"):
         FlowCalls(small_flow(), True, 64, mode="cudagraphs")
+    for tilt in (-0.5, float("nan"), "1"):
+        with pytest.raises(ValueError, match="tilt must be a finite number >= 0"):
+            FlowCalls(small_flow(), False, 64, tilt=tilt)
+    assert CMTTrainer(small_flow(), gmm40().target(), small_config(fit_order=2.5)).calls.tilt == 1.5
     assert CMTTrainer(small_flow(), gmm40().target(), small_config(compile_mode="reduce-overhead")).calls.mode == "reduce-overhead"
     short = CMTTrainer(small_flow(), gmm40().target(), small_config())
     assert not any(short.calls.compiled.values())

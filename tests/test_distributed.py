@@ -84,19 +84,22 @@ def test_shard_splits_rows_in_rank_order():
     assert sum(len(shard(7, r, 4)) for r in range(4)) == 7
 
 
-@pytest.mark.parametrize("path, drop, steps", [("cmt", 0.0, 3), ("reverse-kl", 0.0, 3), ("cmt", 0.2, 1)])
-def test_two_processes_follow_the_one_process_path(tmp_path, path, drop, steps):
+@pytest.mark.parametrize("path, drop, steps, fit_order",
+                         [("cmt", 0.0, 3, 1.0), ("reverse-kl", 0.0, 3, 1.0), ("cmt", 0.2, 1, 1.0), ("cmt", 0.0, 1, 2.0)])
+def test_two_processes_follow_the_one_process_path(tmp_path, path, drop, steps, fit_order):
     """Per-process FIFO shards hold the one-process buffer when each step fills them
-    alike; with an energy cut the kept counts differ by process, so one step checks it."""
+    alike; with an energy cut the kept counts differ by process, so one step checks it.
+    So does one step of a tilted fit (fit_order 2), whose weights are normalised over both
+    processes' rows."""
     from openmm_cmt.cmt.toy_targets import gmm40
 
-    done = torchrun(2, "toy", str(tmp_path), path, str(drop), str(steps))
+    done = torchrun(2, "toy", str(tmp_path), path, str(drop), str(steps), str(fit_order))
     assert done.returncode == 0, done.stderr[-3000:]
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     # every process holds the same history and, bit for bit, the same flow
     assert ranks[0]["history"] == ranks[1]["history"] and ranks[0]["params"] == ranks[1]["params"]
-    config = dist_worker.toy_config(path, drop, steps)
-    if path == "cmt" and drop == 0:
+    config = dist_worker.toy_config(path, drop, steps, fit_order=fit_order)
+    if path == "cmt" and drop == 0 and fit_order == 1:
         reference = AsRanks(dist_worker.toy_flow(), gmm40().target(), config)
         reference.run()
         # the same arithmetic in the same order: equal to the last bit
@@ -223,3 +226,4 @@ def test_one_process_group_draws_what_the_plain_trainer_draws(tmp_path):
     assert one.history[0]["lam"] == plain.history[0]["lam"] and one.history[0]["eta"] == plain.history[0]["eta"]
     assert one.history[1]["lam"] == pytest.approx(plain.history[1]["lam"], rel=1e-6)
     assert one.history[1]["evaluations"] == plain.history[1]["evaluations"]
+

@@ -103,6 +103,23 @@ def test_training_past_the_configured_steps_extends_the_saved_run(tmp_path):
     assert loaded._make_trainer().total_grad_steps == sampler.trainer.total_grad_steps
 
 
+def test_training_that_ends_short_of_the_target_says_so():
+    import warnings
+
+    from openmm_cmt.sampler import AnnealingIncompleteWarning, _warn_if_not_annealed
+
+    sampler = BoltzmannGeneratorSampler.from_name("alanine-dipeptide", config=tiny_config(n_steps=1))
+    with pytest.warns(AnnealingIncompleteWarning, match=r"annealing ended at beta = 0\.\d{3} .* after 1 steps"):
+        sampler.train(progress=False)
+    assert sampler.history[-1]["beta"] < 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _warn_if_not_annealed([{"beta": 0.5, "alpha": 0.2}, {"beta": 1.0, "alpha": 0.0}])
+        _warn_if_not_annealed([])
+    with pytest.warns(AnnealingIncompleteWarning, match="alpha = 0.100"):
+        _warn_if_not_annealed([{"beta": 1.0, "alpha": 0.1}])
+
+
 def test_corrupt_and_mismatched_checkpoints_are_refused(trained, tmp_path):
     sampler, _ = trained
     sampler.save(tmp_path)

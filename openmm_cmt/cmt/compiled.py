@@ -3,7 +3,10 @@ r"""``torch.compile`` for the flow calls in the trainer's hot loops, checked aga
 The trainer makes three kinds of flow calls many times per annealing step:
 
 * ``loss_and_grads(x, w)``: the weighted forward-KL loss :math:`-\sum_k w_k \log q(x_k)`
-  of one minibatch and its gradient with respect to the trainable parameters;
+  of one minibatch and its gradient with respect to the trainable parameters (with
+  ``tilt`` t > 0 the weights are first tilted by the model's own density,
+  :math:`w_k \propto w_k\, q(x_k)^{-t}`, and renormalised: the gradient of an
+  alpha-divergence of order 1 + t, ``CMTConfig.fit_order``);
 * ``log_prob(x)``: :math:`\log q` of the whole replay buffer, without gradient;
 * ``sample(n, generator)``: fresh samples and their :math:`\log q`, without gradient.
 
@@ -48,6 +51,7 @@ eagerly from then on, so a miscompiled graph can never train the flow silently.
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import warnings
 
@@ -114,6 +118,9 @@ class FlowCalls:
         (``compile_regions()``, module docstring); the others as whole calls.
     mode
         ``"default"``, or ``"reduce-overhead"`` to capture CUDA graphs on CUDA.
+    tilt
+        t >= 0: the loss weights become :math:`w_k q(x_k)^{-t}`, renormalised over the
+        minibatch, with q the model being fitted, not differentiated through.
 
     Attributes
     ----------
@@ -122,17 +129,24 @@ class FlowCalls:
         currently go through the compiled graph (False after a fallback).
     checked
         kinds whose first compiled call has been verified.
+    log_mass
+        with a tilt, log sum_k w_k q(x_k)^-t of the last ``loss_and_grads`` minibatch
+        (float64; None without a tilt).
     """
 
     def __init__(self, flow: torch.nn.Module, enabled: bool, batch_size: int, chunk_size: int = 8192,
-                 regional=REGIONAL_KINDS, mode: str = "default"):
+                 regional=REGIONAL_KINDS, mode: str = "default", tilt: float = 0.0):
         if not (isinstance(batch_size, int) and batch_size >= 1 and isinstance(chunk_size, int) and chunk_size >= 1):
             raise ValueError(f"batch_size and chunk_size must be positive integers, got {batch_size!r}, {chunk_size!r}")
         if not set(regional) <= set(KINDS):
             raise ValueError(f"regional must name kinds among {KINDS}, got {regional!r}")
         if mode not in COMPILE_MODES:
             raise ValueError(f"mode must be one of {COMPILE_MODES}, got {mode!r}")
+        if not (isinstance(tilt, (int, float)) and math.isfinite(tilt) and tilt >= 0):
+            raise ValueError(f"tilt must be a finite number >= 0, got {tilt!r}")
         self.flow = flow
+        self.tilt = float(tilt)
+        self.log_mass: torch.Tensor | None = None
         self.mode = mode
         self.batch_size = batch_size
         self.chunk_size = chunk_size
@@ -177,9 +191,14 @@ class FlowCalls:
                 module.__dict__.pop(name, None)
 
     # -- the eager definitions (also the reference of the checks) -----------------------
-    def _eager_loss(self, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    def _eager_loss(self, x: torch.Tensor, weights: torch.Tensor):
+        """The weighted loss; with a tilt, (loss, log of the tilted weights' sum)."""
         log_q = self.flow.log_prob(x)
-        return -(weights.to(log_q.dtype) * log_q).sum()
+        if not self.tilt:
+            return -(weights.to(log_q.dtype) * log_q).sum()
+        log_w = torch.log(weights.to(torch.float64)) - self.tilt * log_q.detach().to(torch.float64)
+        log_mass = torch.logsumexp(log_w, 0)
+        return -(torch.exp(log_w - log_mass).to(log_q.dtype) * log_q).sum(), log_mass
 
     def _eager_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return self.flow.log_prob(x)
@@ -208,24 +227,30 @@ class FlowCalls:
 
     def loss_and_grads(self, x: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
         """The weighted forward-KL loss of a minibatch (detached) and its gradient, one
-        entry per trainable parameter (None where the loss does not depend on it)."""
+        entry per trainable parameter (None where the loss does not depend on it). With a
+        tilt, ``log_mass`` then holds log sum_k w_k q(x_k)^-t of the minibatch (what
+        data-parallel training weighs the processes' minibatches by)."""
         if self.compiled["loss"] and x.shape[0] == self.batch_size:
             try:
-                loss = self._call("loss", x, weights)
+                loss, log_mass = self._split(self._call("loss", x, weights))
                 grads = self._grads(loss)
                 if self.mode == "reduce-overhead":
                     grads = [None if g is None else g.clone() for g in grads]
                 if "loss" not in self.checked:
                     self._check_loss(x, weights, loss, grads)
                     self.checked.add("loss")
+                self.log_mass = log_mass
                 return loss.detach(), grads
             except Exception as err:  # compilation errors surface at the first (backward) call
                 self._fallback("loss", _describe(err))
-        loss = self._eager_loss(x, weights)
+        loss, self.log_mass = self._split(self._eager_loss(x, weights))
         return loss.detach(), self._grads(loss)
 
+    def _split(self, out) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return (out[0], out[1].detach()) if self.tilt else (out, None)
+
     def _check_loss(self, x, weights, loss, grads) -> None:
-        ref_loss = self._eager_loss(x, weights)
+        ref_loss, _ = self._split(self._eager_loss(x, weights))
         ref_grads = self._grads(ref_loss)
         loss, ref_loss = loss.detach(), ref_loss.detach()
         rtol = CHECK_RTOL.get(loss.dtype, 1e-3)

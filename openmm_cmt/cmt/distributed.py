@@ -219,6 +219,10 @@ class DistributedCMTTrainer(CMTTrainer):
         local = torch.logsumexp(log_w, 0).reshape(1)
         return torch.exp(log_w - torch.logsumexp(all_gather_rows(local), 0))
 
+    def _tilted_share(self, loss: torch.Tensor, grads, log_mass: torch.Tensor):
+        share = torch.exp(log_mass - torch.logsumexp(all_gather_rows(log_mass.reshape(1)), 0))
+        return loss * share.to(loss.dtype), [None if g is None else g * share.to(g.dtype) for g in grads]
+
     def _reduce_grads(self, loss: torch.Tensor, grads):
         grads = list(grads)
         by_dtype: dict[torch.dtype, list[int]] = {}

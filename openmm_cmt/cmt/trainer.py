@@ -38,7 +38,8 @@ phase, ``phase_s``.
 
 Data parallelism (:mod:`openmm_cmt.cmt.distributed`) overrides the small hooks at the end
 of the class (``_shard``, ``_gather_fresh``, ``_own_rows``,
-``_minibatch_weights``, ``_reduce_grads``); in one process they are identities.
+``_minibatch_weights``, ``_tilted_share``, ``_reduce_grads``); in one process they are
+identities.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ from openmm_cmt.metrics.ess import reverse_ess
 
 @dataclasses.dataclass
 class CMTConfig:
-    """Settings of a CMT run (defaults suit small toy targets).
+    r"""Settings of a CMT run (defaults suit small toy targets).
 
     Attributes
     ----------
@@ -125,6 +126,19 @@ class CMTConfig:
     compile_mode
         ``"default"``, or ``"reduce-overhead"`` to replay the compiled calls as CUDA
         graphs on CUDA (no effect on a CPU; :mod:`openmm_cmt.cmt.compiled`).
+    fit_order
+        order a in [1, 4] of the alpha-divergence :math:`D_a(q_{i+1}\,\|\,q_\theta)`
+        that the fit (5) descends. 1 is the forward KL of CMT. At a > 1 every optimiser
+        step weighs its minibatch by :math:`(q_{i+1}/q_{gen})(q_{i+1}/q_\theta)^{a-1}`
+        with :math:`q_\theta` the model as it is at that step, an importance-sampling
+        estimate of the gradient :math:`-E_{q_{i+1}}[(q_{i+1}/q_\theta)^{a-1}\nabla
+        \log q_\theta]`. a = 2 is the mass-covering objective of FAB (Midgley et al.,
+        ICLR 2023), :math:`\int q_{i+1}^2/q_\theta - 1`, whose minimum maximises the
+        importance-sampling ESS of :math:`q_\theta` for :math:`q_{i+1}`: regions where
+        the model is too thin weigh more than under the forward KL, at the price of
+        heavier-tailed minibatch weights. (Freezing the tilt at :math:`q_i` for the
+        whole step instead makes every step a fixed-point map
+        :math:`q \mapsto q_{i+1}^a/q^{a-1}`, which oscillates.)
     """
 
     path: str = "cmt"
@@ -149,6 +163,7 @@ class CMTConfig:
     compile: bool | str = "auto"
     compile_mode: str = "default"
     ema_decay: float = 0.0
+    fit_order: float = 1.0
 
     def __post_init__(self):
         check_path(self.path)
@@ -178,6 +193,10 @@ class CMTConfig:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if self.ema_decay > 0 and self.path == "reverse-kl":
             raise ValueError("ema_decay applies to the forward-KL paths; reverse-kl takes no average")
+        if isinstance(self.fit_order, bool) or not (isinstance(self.fit_order, (int, float)) and 1.0 <= self.fit_order <= 4.0):
+            raise ValueError(f"fit_order must be a number in [1, 4] (1: forward KL, 2: FAB's alpha = 2), got {self.fit_order!r}")
+        if self.fit_order != 1.0 and self.path == "reverse-kl":
+            raise ValueError("fit_order applies to the forward-KL paths; reverse-kl fits by reverse KL")
         for name in ("eps_tr", "eps_ent"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive (nats), got {getattr(self, name)}")
@@ -241,7 +260,8 @@ class CMTTrainer:
         self.optimizer = opt(params, lr=config.lr, weight_decay=config.weight_decay)
         self.total_grad_steps = config.n_steps * config.grad_steps_per_step
         self.buffer = ReplayBuffer(len(self._shard(config.buffer_size)))
-        self.calls = FlowCalls(flow, self._compile_enabled(), len(self._shard(config.batch_size)), mode=config.compile_mode)
+        self.calls = FlowCalls(flow, self._compile_enabled(), len(self._shard(config.batch_size)),
+                               mode=config.compile_mode, tilt=config.fit_order - 1.0)
         self._phase = dict.fromkeys(PHASES, 0.0)
         self.step_index = 0
         self.grad_step_index = 0
@@ -381,6 +401,8 @@ class CMTTrainer:
             cursor += idx.numel()
             weights = self._minibatch_weights(log_w[idx])
             loss, grads = self.calls.loss_and_grads(buf_x[idx], weights)
+            if self.calls.tilt:
+                loss, grads = self._tilted_share(loss, grads, self.calls.log_mass)
             losses.append(self._apply(loss, grads))
         return losses
 
@@ -388,11 +410,14 @@ class CMTTrainer:
         return torch.randperm(n, generator=self.rng, device=self.rng.device)
 
     def buffer_log_weights(self, solution: DualSolution) -> torch.Tensor:
-        """log q_{i+1}(x) - log q_gen(x) for every buffer sample, with q_i the current
-        model (unnormalised over the buffer; minibatches self-normalise). At the target
-        (alpha = 0) the current model drops out and is not evaluated."""
+        """a log q_{i+1}(x) - log q_gen(x) for every buffer sample at ``fit_order`` a,
+        with q_i the current model (unnormalised over the buffer; minibatches
+        self-normalise): the forward-KL weight q_{i+1}/q_gen at a = 1. At a > 1 the loss
+        divides by the fitted model's own density to the power a - 1 (``FlowCalls``'
+        ``tilt``). At the target (alpha = 0) the current model drops out and is not
+        evaluated."""
         log_q_i = self._log_q(self.buffer.x) if solution.alpha != 0.0 else torch.zeros_like(self.buffer.log_p)
-        return solution.log_density(log_q_i, self.buffer.log_p) - self.buffer.log_q
+        return self.config.fit_order * solution.log_density(log_q_i, self.buffer.log_p) - self.buffer.log_q
 
     def _reverse_kl_step(self) -> tuple[DualSolution, list[float]]:
         c = self.config
@@ -454,6 +479,11 @@ class CMTTrainer:
     def _minibatch_weights(self, log_w: torch.Tensor) -> torch.Tensor:
         """Self-normalised weights of a minibatch from its log-weights."""
         return torch.softmax(log_w, 0)
+
+    def _tilted_share(self, loss: torch.Tensor, grads, log_mass: torch.Tensor):
+        """A tilted minibatch loss and gradient (normalised over this process's rows) ->
+        their share of the whole minibatch's (``fit_order`` > 1)."""
+        return loss, grads
 
     def _reduce_grads(self, loss: torch.Tensor, grads):
         """The loss and gradient of the whole minibatch from this process's part of them."""
