@@ -287,6 +287,17 @@ def test_compile_setting_is_validated_and_auto_needs_a_long_run():
         assert cuda.calls.compiled["loss"]
 
 
+def test_a_tilted_minibatch_without_weight_contributes_nothing():
+    """A data-parallel process whose share of the minibatch weights underflowed to zero:
+    a zero loss and gradient and log_mass = -inf (its share of the whole), not NaN."""
+    flow = small_flow()
+    x, _ = _batch(flow, n=16)
+    calls = FlowCalls(flow, False, 16, tilt=1.0)
+    loss, grads = calls.loss_and_grads(x, torch.zeros(16, dtype=torch.float64))
+    assert float(loss) == 0.0 and calls.log_mass.item() == -math.inf
+    assert all(g is None or (torch.isfinite(g).all() and not g.any()) for g in grads)
+
+
 def test_regional_kinds_are_validated():
     with pytest.raises(ValueError, match="regional must name kinds"):
         FlowCalls(small_flow(), True, 64, regional=("loss", "backward"))

@@ -198,7 +198,10 @@ class FlowCalls:
             return -(weights.to(log_q.dtype) * log_q).sum()
         log_w = torch.log(weights.to(torch.float64)) - self.tilt * log_q.detach().to(torch.float64)
         log_mass = torch.logsumexp(log_w, 0)
-        return -(torch.exp(log_w - log_mass).to(log_q.dtype) * log_q).sum(), log_mass
+        # A process whose rows all carry zero weight (their share of a data-parallel
+        # minibatch underflowed) contributes nothing, not 0/0.
+        norm = torch.where(torch.isfinite(log_mass), log_mass, torch.zeros_like(log_mass))
+        return -(torch.exp(log_w - norm).to(log_q.dtype) * log_q).sum(), log_mass
 
     def _eager_log_prob(self, x: torch.Tensor) -> torch.Tensor:
         return self.flow.log_prob(x)
