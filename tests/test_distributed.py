@@ -42,8 +42,8 @@ class AsRanks(CMTTrainer):
     """One process doing, in the same order, the arithmetic of ``n_ranks`` processes of
     DistributedCMTTrainer, for configs whose buffer and minibatch are the step's samples
     (no energy cut): per-rank draws, energies and log densities; each gradient step the
-    per-rank minibatch losses, with weights normalised over all, summed as the all-reduce
-    sums them."""
+    per-rank minibatch losses, with weights normalised over all (and, for a tilted fit,
+    scaled by each rank's share of the tilted mass), summed as the all-reduce sums them."""
 
     def __init__(self, flow, target, config, n_ranks=2):
         super().__init__(flow, target, config)
@@ -70,9 +70,16 @@ class AsRanks(CMTTrainer):
         for _ in range(self.config.grad_steps_per_step):
             rows = [part.start + torch.randperm(len(part), generator=g) for part, g in zip(parts, self.streams)]
             log_norm = torch.logsumexp(torch.stack([torch.logsumexp(log_w[i], 0) for i in rows]), 0)
-            loss, grads = None, None
+            pieces = []
             for i in rows:
-                part_loss, part_grads = self.calls.loss_and_grads(buf_x[i], torch.exp(log_w[i] - log_norm))
+                pieces.append((*self.calls.loss_and_grads(buf_x[i], torch.exp(log_w[i] - log_norm)), self.calls.log_mass))
+            if self.calls.tilt:  # each part's share of the tilted mass, as the processes exchange it
+                total = torch.logsumexp(torch.cat([m.reshape(1) for *_, m in pieces]), 0)
+                pieces = [(part_loss * torch.exp(m - total).to(part_loss.dtype),
+                          [None if g is None else g * torch.exp(m - total).to(g.dtype) for g in part_grads], m)
+                         for part_loss, part_grads, m in pieces]
+            loss, grads = None, None
+            for part_loss, part_grads, _ in pieces:
                 loss = part_loss if loss is None else loss + part_loss
                 grads = part_grads if grads is None else [a + b for a, b in zip(grads, part_grads)]
             losses.append(self._apply(loss, grads))
