@@ -63,7 +63,7 @@ def _warn_if_not_annealed(history: list[dict]) -> None:
     if not history:
         return
     last = history[-1]
-    if last.get("beta", 1.0) < 1.0 or last.get("alpha", 0.0) > 0.0:
+    if last["beta"] < 1.0 or last["alpha"] > 0.0:
         warnings.warn(
             f"annealing ended at beta = {last['beta']:.3f} (alpha = {last['alpha']:.3f}) after {len(history)} steps, "
             "short of the target (beta = 1, alpha = 0): the generator is fitted to a tempered density, so "

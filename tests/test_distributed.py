@@ -233,4 +233,3 @@ def test_one_process_group_draws_what_the_plain_trainer_draws(tmp_path):
     assert one.history[0]["lam"] == plain.history[0]["lam"] and one.history[0]["eta"] == plain.history[0]["eta"]
     assert one.history[1]["lam"] == pytest.approx(plain.history[1]["lam"], rel=1e-6)
     assert one.history[1]["evaluations"] == plain.history[1]["evaluations"]
-
