@@ -8,6 +8,7 @@ import torch
 
 from openmm_cmt.cmt import PATHS, BoltzmannTarget, CMTConfig, CMTTrainer, FunctionTarget, ReplayBuffer, annealing_step
 from openmm_cmt.cmt.paths import geometric_exponents, ladder_betas
+from openmm_cmt.cmt.trainer import make_optimizer
 from openmm_cmt.energy import EnergyEngine, linlog_cut
 from openmm_cmt.flows import EuclideanFlow
 from openmm_cmt.cmt.toy_targets import gmm40
@@ -320,6 +321,33 @@ def test_an_extended_run_resumes_like_an_uninterrupted_one():
     for (name, a), (_, b) in zip(straight.flow.state_dict().items(), resumed.flow.state_dict().items()):
         assert torch.equal(a, b), name
     assert comparable(straight.history) == comparable(resumed.history)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw"])
+def test_optimizer_is_fused_on_cpu_and_takes_the_reference_adam_steps(optimizer):
+    config = CMTConfig(optimizer=optimizer, lr=0.01, weight_decay=0.1 if optimizer == "adamw" else 0.0)
+    g = torch.Generator().manual_seed(0)
+    start = [torch.randn(300, generator=g), torch.randn(7, 5, generator=g)]
+    grads = [[torch.randn(p.shape, generator=g) for p in start] for _ in range(5)]
+    fused_params = [torch.nn.Parameter(p.clone()) for p in start]
+    plain_params = [torch.nn.Parameter(p.clone()) for p in start]
+    fused = make_optimizer(fused_params, config)
+    kind = torch.optim.AdamW if optimizer == "adamw" else torch.optim.Adam
+    plain = kind(plain_params, lr=config.lr, weight_decay=config.weight_decay, foreach=False)
+    assert fused.defaults["fused"] is True
+    for step_grads in grads:
+        for opt, params in ((fused, fused_params), (plain, plain_params)):
+            for p, grad in zip(params, step_grads):
+                p.grad = grad.clone()
+            opt.step()
+    for a, b in zip(fused_params, plain_params):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
+        assert not torch.equal(a, torch.zeros_like(a))
+
+
+def test_optimizer_falls_back_where_the_device_has_no_fused_kernel():
+    params = [torch.nn.Parameter(torch.zeros(3, device="meta"))]
+    assert not make_optimizer(params, CMTConfig()).defaults["fused"]
 
 
 def test_averaged_model_is_the_moving_average_of_the_optimised_one():

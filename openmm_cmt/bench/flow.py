@@ -94,6 +94,7 @@ def run(args) -> int:
 
 def _bench_preset(molsys, name: str, preset: dict, device: torch.device, args) -> dict:
     from openmm_cmt.cmt.compiled import KINDS, REGIONAL_KINDS, FlowCalls
+    from openmm_cmt.cmt.trainer import CMTConfig, make_optimizer
     from openmm_cmt.flows import Generator, GeneratorConfig
 
     batch = int(preset["cmt"]["batch_size"])
@@ -110,7 +111,7 @@ def _bench_preset(molsys, name: str, preset: dict, device: torch.device, args) -
         calls = FlowCalls(generator, mode != "eager", batch, chunk_size=args.n,
                           regional=KINDS if mode == "compiled-regional" else REGIONAL_KINDS,
                           mode="reduce-overhead" if mode == "compiled-cudagraphs" else "default")
-        optimizer = torch.optim.Adam(calls.params, lr=1e-4)
+        optimizer = make_optimizer(calls.params, CMTConfig(lr=1e-4))  # the trainer's update
         modes[mode] = dict(calls=calls, optimizer=optimizer, compile_s={}, fallback=[],
                            train=[], train_cpu=[], sample=[], sample_cpu=[], log_prob=[], log_prob_cpu=[])
 
