@@ -9,10 +9,10 @@
   over five draws of 100k samples, Pareto k below 0.4, phi > 0 within 1.51x of the
   reference in every draw (BENCHMARKS.md, "alpha = 2 divergence" and "five training
   seeds"); forward KL gave medians 0.687 and 0.672 on seeds 0 and 1 with phi > 0 up to
-  2.2x off. Coupling layers, not width, lift the ESS; each costs mostly its splines. Its 5,000 gradient steps are compiled on
-  CPU too (``CMTConfig.compile="auto"``). On the alanine tetrapeptide the order-2 fit
-  stalls the annealing (beta 0.75 after 100 steps); fit larger peptides by forward KL
-  (``cmt.fit_order=1``).
+  2.2x off. Coupling layers, not width, lift the ESS; each costs mostly its splines.
+  Its 5,000 gradient steps are compiled on CPU too (``CMTConfig.compile="auto"``). On
+  the alanine tetrapeptide the order-2 fit stalls the annealing (beta 0.75 after 100
+  steps); fit larger peptides by forward KL (``cmt.fit_order=1``).
 - ``cpu``: a 2-core CPU for about 40 minutes: the same with ten coupling layers, 100
   annealing steps and an entropy step of 2 nats (ESS median 0.82, minimum 0.78 on seed
   0; forward KL gave 0.77 and 0.73).
