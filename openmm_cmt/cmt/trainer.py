@@ -225,9 +225,9 @@ PHASES = ("sample", "energy", "dual", "buffer", "fit", "checkpoint")
 def make_optimizer(params: list[torch.nn.Parameter], config: CMTConfig) -> torch.optim.Optimizer:
     """Adam or AdamW with ``config``'s settings, as one fused kernel on CPU and CUDA.
 
-    The fused update reads and writes each parameter once per step: for the laptop
-    preset's 0.94M parameters on a 2-core CPU it takes about 0.8 ms against 5.6-7.7 ms for
-    the multi-tensor (``foreach``) one. Elsewhere (another device, or parameters that are
+    The fused update reads and writes each parameter once per step: for a million
+    parameters on a 2-core CPU it takes about 0.8 ms against 5.6-7.7 ms for the
+    multi-tensor (``foreach``) one. Elsewhere (another device, or parameters that are
     not floating point) torch's default implementation is used.
     """
     kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
