@@ -7,8 +7,9 @@
   that the annealing reaches beta = 1 by step 26. On alanine dipeptide over training
   seeds 0-6: reverse ESS median 0.683-0.729 (mean 0.704), minimum 0.60-0.72 over five
   draws of 100k samples, Pareto k below 0.4, phi > 0 within 1.51x of the reference in
-  every draw (BENCHMARKS.md, "alpha = 2 divergence" and "seven training seeds"); forward KL gave medians 0.687 and 0.672 on seeds 0 and 1 with phi > 0 up to
-  2.2x off. Coupling layers, not width, lift the ESS; each costs mostly its splines.
+  every draw (BENCHMARKS.md, "alpha = 2 divergence" and "seven training seeds");
+  forward KL gave medians 0.687 and 0.672 on seeds 0 and 1 with phi > 0 up to 2.2x off.
+  Coupling layers, not width, lift the ESS; each costs mostly its splines.
   Its 5,000 gradient steps are compiled on CPU too (``CMTConfig.compile="auto"``). On
   the alanine tetrapeptide the order-2 fit stalls the annealing (beta 0.75 after 100
   steps); fit larger peptides by forward KL (``cmt.fit_order=1``).
