@@ -344,19 +344,32 @@ class BoltzmannGeneratorSampler:
         samples per flow pass (default :data:`SAMPLE_BATCH` of the device). The samples are
         drawn from ``generator`` (a ``torch.Generator`` on ``self.device``, for
         reproducible samples), by default from torch's global RNG.
+
+        After training in this process, the trainer's compiled sampling (already compiled
+        and checked against the eager flow) draws them, in its own chunks, unless a
+        ``batch_size`` is given: the same samples up to rounding, without compiling again.
         """
         if not (isinstance(n, (int, np.integer)) and n >= 1):
             raise ValueError(f"n must be a positive integer, got {n!r}")
-        if batch_size is None:
+        calls = None if self.trainer is None else self.trainer.calls
+        compiled = batch_size is None and calls is not None and calls.flow is self.generator \
+            and calls.compiled["sample"] and "sample" in calls.checked
+        if compiled:
+            batch_size = calls.chunk_size
+        elif batch_size is None:
             batch_size = SAMPLE_BATCH.get(torch.device(self.device).type, SAMPLE_BATCH["cuda"])
         if not (isinstance(batch_size, (int, np.integer)) and batch_size >= 1):
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         engine = self.energy_engine("float64" if exact_energies else None)
+        # The compiled graph was traced in the trainer's mode; switching modes would
+        # retrace it (the flow's layers behave the same in both).
         was_training = self.generator.training
-        self.generator.eval()
+        if not compiled:
+            self.generator.eval()
+        draw = calls.sample if compiled else self.generator.sample
         xs, lqs, es = [], [], []
         for start in range(0, n, batch_size):
-            x, log_q = self.generator.sample(min(batch_size, n - start), generator)
+            x, log_q = draw(min(batch_size, n - start), generator)
             xs.append(x.double().cpu())
             lqs.append(log_q.double().cpu())
             es.append(engine.energy(x.double()).cpu())

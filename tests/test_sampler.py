@@ -62,6 +62,41 @@ def test_sample_returns_weighted_positions(trained):
     assert np.allclose(sampler.log_prob(x[:50]), s.log_q[:50], atol=2e-3)
 
 
+def test_sampling_after_training_reuses_the_compiled_sampler(tmp_path, monkeypatch):
+    """After training in this process, ``sample`` draws through the trainer's compiled and
+    checked sampling graph (counted by a stand-in for torch.compile); a sampler loaded from
+    the run folder has compiled nothing and samples eagerly."""
+    from openmm_cmt.cmt import compiled as compiled_module
+
+    graph_calls = []
+
+    def fake_compile(fn, **kwargs):
+        def run(*args):
+            graph_calls.append(fn.__name__)
+            return fn(*args)
+        return run
+
+    monkeypatch.setattr(compiled_module.torch, "compile", fake_compile)
+    config = tiny_config()
+    config.cmt["compile"] = True
+    sampler = BoltzmannGeneratorSampler.from_name("alanine-dipeptide", config=config)
+    sampler.train(checkpoint_dir=tmp_path, progress=False)
+    assert "sample" in sampler.trainer.calls.checked
+    before = graph_calls.count("_eager_latent_map")
+    s = sampler.sample(300, generator=torch.Generator().manual_seed(5))
+    assert graph_calls.count("_eager_latent_map") == before + 1
+    x, log_q = sampler.trainer.calls.sample(300, torch.Generator().manual_seed(5))
+    assert np.array_equal(s.positions, x.double().numpy()) and np.array_equal(s.log_q, log_q.double().numpy())
+    ok = np.isfinite(s.energies)
+    assert ok.mean() > 0.5 and np.allclose(s.log_weights[ok], -s.energies[ok] / sampler.molsys.kT - s.log_q[ok])
+
+    loaded = BoltzmannGeneratorSampler.load(tmp_path)
+    before = len(graph_calls)
+    t = loaded.sample(300, generator=torch.Generator().manual_seed(5))
+    assert len(graph_calls) == before
+    assert np.allclose(t.log_q, loaded.log_prob(t.positions), atol=2e-3)
+
+
 def test_save_load_sample_identical(trained, tmp_path):
     sampler, _ = trained
     sampler.save(tmp_path)

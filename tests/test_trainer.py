@@ -90,6 +90,31 @@ def test_reused_samples_are_weighted_towards_the_next_density():
     assert float((w * (x - mean) ** 2).sum()) == pytest.approx(1 / precision, rel=0.03)
 
 
+def test_fresh_buffer_rows_reuse_their_sampling_density():
+    """Rows drawn by the current model keep the log q_gen they were stored with as their
+    log q_i: the weights equal a full re-evaluation, and the flow sees only the older rows."""
+    target = FunctionTarget(lambda x: (-0.5 * (x - 3.0) ** 2 / 0.5).sum(-1))
+    flow = GaussianFlow(1, mean=-1.0, std=2.0)
+    trainer = CMTTrainer(flow, target, CMTConfig(samples_per_step=300, buffer_size=1000, seed=2))
+    draws = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        x_old, q_old = flow.sample(700, draws)
+        trainer.buffer.push(x_old, q_old, target.log_prob(x_old))
+        flow.mean.fill_(0.5)
+        x_new, q_new = flow.sample(300, draws)
+        trainer.buffer.push(x_new, q_new, target.log_prob(x_new))
+    step = annealing_step(q_new, target.log_prob(x_new), 0.6, 0.3)
+    full = trainer.buffer_log_weights(step)
+    seen = []
+    log_prob = trainer.calls.log_prob
+    trainer.calls.log_prob = lambda x: seen.append(x.shape[0]) or log_prob(x)
+    reused = trainer.buffer_log_weights(step, n_fresh=300)
+    assert seen == [700]
+    assert torch.allclose(reused, full, rtol=0, atol=1e-12)
+    with pytest.raises(ValueError, match="n_fresh"):
+        trainer.buffer_log_weights(step, n_fresh=1001)
+
+
 def test_forward_kl_fit_reaches_the_target():
     """One step at the target (alpha = 0, beta = 1) fits a Gaussian model to p = N(3, 0.5)
     from samples of N(0, 2^2): the weighted forward KL's minimiser is p's mean and variance."""

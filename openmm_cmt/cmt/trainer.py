@@ -366,7 +366,7 @@ class CMTTrainer:
             keep = torch.argsort(all_p, descending=True, stable=True)[: all_p.shape[0] - n_drop].sort().values
             keep = self._own_rows(keep, c.samples_per_step)
             self.buffer.push(x[keep], log_q_gen[keep], log_p[keep])
-            log_w = self.buffer_log_weights(solution)
+            log_w = self.buffer_log_weights(solution, n_fresh=min(keep.numel(), len(self.buffer)))
         with self._timing("fit"):
             losses = self._fit(self.buffer.x, log_w)
         return solution, losses
@@ -421,15 +421,27 @@ class CMTTrainer:
     def _permutation(self, n: int) -> torch.Tensor:
         return torch.randperm(n, generator=self.rng, device=self.rng.device)
 
-    def buffer_log_weights(self, solution: DualSolution) -> torch.Tensor:
+    def buffer_log_weights(self, solution: DualSolution, n_fresh: int = 0) -> torch.Tensor:
         """a log q_{i+1}(x) - log q_gen(x) for every buffer sample at ``fit_order`` a,
         with q_i the current model (unnormalised over the buffer; minibatches
         self-normalise): the forward-KL weight q_{i+1}/q_gen at a = 1. At a > 1 the loss
         divides by the fitted model's own density to the power a - 1 (``FlowCalls``'
         ``tilt``). At the target (alpha = 0) the current model drops out and is not
-        evaluated."""
-        log_q_i = self._log_q(self.buffer.x) if solution.alpha != 0.0 else torch.zeros_like(self.buffer.log_p)
-        return self.config.fit_order * solution.log_density(log_q_i, self.buffer.log_p) - self.buffer.log_q
+        evaluated.
+
+        The last ``n_fresh`` rows of the buffer must have been drawn by the current
+        model: their log q_i is the log q_gen stored with them, so only the older rows
+        go through the flow (a quarter less work with a buffer of four steps, and none
+        in the first step)."""
+        buffer = self.buffer
+        if not (isinstance(n_fresh, int) and 0 <= n_fresh <= len(buffer)):
+            raise ValueError(f"n_fresh must be an integer in [0, {len(buffer)}] (rows of the buffer), got {n_fresh!r}")
+        if solution.alpha == 0.0:
+            log_q_i = torch.zeros_like(buffer.log_p)
+        else:
+            old = len(buffer) - n_fresh
+            log_q_i = torch.cat([self._log_q(buffer.x[:old]), buffer.log_q[old:]]) if old else buffer.log_q
+        return self.config.fit_order * solution.log_density(log_q_i, buffer.log_p) - buffer.log_q
 
     def _reverse_kl_step(self) -> tuple[DualSolution, list[float]]:
         c = self.config
