@@ -346,14 +346,15 @@ class BoltzmannGeneratorSampler:
         reproducible samples), by default from torch's global RNG.
 
         After training in this process, the trainer's compiled sampling (already compiled
-        and checked against the eager flow) draws them, in its own chunks, unless a
-        ``batch_size`` is given: the same samples up to rounding, without compiling again.
+        and checked against the eager flow) draws at least a chunk of its fixed size
+        (``FlowCalls.chunk_size``), unless a ``batch_size`` is given: the same
+        distribution, without compiling again.
         """
         if not (isinstance(n, (int, np.integer)) and n >= 1):
             raise ValueError(f"n must be a positive integer, got {n!r}")
         calls = None if self.trainer is None else self.trainer.calls
         compiled = batch_size is None and calls is not None and calls.flow is self.generator \
-            and calls.compiled["sample"] and "sample" in calls.checked
+            and calls.compiled["sample"] and "sample" in calls.checked and n >= calls.chunk_size
         if compiled:
             batch_size = calls.chunk_size
         elif batch_size is None:
