@@ -13,10 +13,11 @@
   Its 5,000 gradient steps are compiled on CPU too (``CMTConfig.compile="auto"``). On
   the alanine tetrapeptide the order-2 fit stalls the annealing (beta 0.75 after 100
   steps); fit larger peptides by forward KL (``cmt.fit_order=1``).
-- ``cpu``: a 2-core CPU for about 40 minutes: the same with 14 coupling layers, 100
+- ``cpu``: a 2-core CPU for about 25 minutes: the same with 14 coupling layers, 100
   annealing steps and an entropy step of 2 nats (ESS median 0.831-0.849 over seeds 0-2,
   minimum 0.819; ten layers gave 0.813-0.821 with a minimum of 0.674, and 20 layers
-  0.856 on seed 0 in 56 minutes of one core).
+  0.856 on seed 0 in 56 minutes of one core). Twice the annealing steps
+  (``cmt.n_steps=200``, about 50 minutes) gave 0.892 on seed 0, twice the fit steps 0.884.
 - ``gpu``: one H100/H200, 7.9M target evaluations. Only an earlier, larger-flow
   version ran on a GPU (BENCHMARKS.md); these settings scale the laptop ones and are
   untested on a GPU.
