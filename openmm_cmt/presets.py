@@ -17,7 +17,7 @@
   annealing steps and an entropy step of 2 nats (ESS median 0.831-0.849 over seeds 0-2,
   minimum 0.819; ten layers gave 0.813-0.821 with a minimum of 0.674, and 20 layers
   0.856 on seed 0 in 56 minutes of one core). Twice the annealing steps
-  (``cmt.n_steps=200``, about 50 minutes) gave 0.892 on seed 0, twice the fit steps 0.884.
+  (``cmt.n_steps=200``, an estimated 50 minutes) gave 0.892 on seed 0, twice the fit steps 0.884.
 - ``gpu``: one H100/H200, 7.9M target evaluations. Only an earlier, larger-flow
   version ran on a GPU (BENCHMARKS.md); these settings scale the laptop ones and are
   untested on a GPU.
