@@ -33,6 +33,20 @@ def test_bench_flow_reports_eager_and_compiled_side_by_side(tmp_path, monkeypatc
     assert report["seed"] == 1 and "load_before" in report and "load_after" in report
 
 
+def test_bench_flow_batch_size_replaces_the_presets_minibatch(tmp_path, monkeypatch):
+    monkeypatch.setattr(compiled_module.torch, "compile", lambda fn, **kw: fn)
+    out = tmp_path / "flow.json"
+    argv = ["bench", "flow", "--device", "cpu", "--presets", "laptop", "--batch-size", "96", "--n", "32",
+            "--steps", "1", "--repeats", "1", "--modes", "eager", "--json", str(out)]
+    assert main(argv) == 0
+    assert json.loads(out.read_text())["presets"]["laptop"]["batch_size"] == 96
+
+
+def test_bench_flow_rejects_a_minibatch_below_one(capsys):
+    assert main(["bench", "flow", "--device", "cpu", "--batch-size", "0"]) != 0
+    assert "--batch-size must be positive, got 0" in capsys.readouterr().err
+
+
 def test_bench_flow_rejects_unknown_presets(capsys):
     assert main(["bench", "flow", "--device", "cpu", "--presets", "phone"]) != 0
     assert "unknown presets ['phone']" in capsys.readouterr().err

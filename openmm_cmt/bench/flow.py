@@ -10,7 +10,8 @@ coordinate transform as its own graph, ``FlowCalls(regional=KINDS)``) and
 ``FlowCalls(mode="reduce-overhead")``; on a CPU the same as ``compiled``):
 
     train_samples_per_s   weighted forward-KL steps (log_prob of a minibatch of the
-                          preset's batch size, loss, backward, Adam step), samples/s;
+                          preset's batch size or ``--batch-size``, loss, backward,
+                          Adam step), samples/s;
     sample_per_s          ``sample(n)`` without gradient, n = ``--n`` (fixed chunks);
     log_prob_per_s        ``log_prob`` of those n samples without gradient;
     *_cpu                 the same per second of this process's CPU time, which other
@@ -48,6 +49,8 @@ def add_arguments(parser) -> None:
                         help="training presets whose flows to time (default: laptop on cpu, laptop gpu on cuda)")
     parser.add_argument("--modes", nargs="+", default=["eager", "compiled"], choices=MODES)
     parser.add_argument("--n", type=int, default=8192, help="samples per sampling/log_prob call (default 8192)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="training minibatch size (default: each preset's cmt.batch_size)")
     parser.add_argument("--steps", type=int, default=10, help="training steps per timed block (default 10)")
     parser.add_argument("--repeats", type=int, default=3, help="timed blocks per mode and figure (default 3)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
@@ -68,6 +71,8 @@ def run(args) -> int:
         raise ValueError(f"unknown presets {unknown}; expected some of {sorted(PRESETS)}")
     if min(args.n, args.steps, args.repeats) < 1:
         raise ValueError("--n, --steps and --repeats must be positive")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be positive, got {args.threads}")
@@ -97,7 +102,7 @@ def _bench_preset(molsys, name: str, preset: dict, device: torch.device, args) -
     from openmm_cmt.cmt.trainer import CMTConfig, make_optimizer
     from openmm_cmt.flows import Generator, GeneratorConfig
 
-    batch = int(preset["cmt"]["batch_size"])
+    batch = int(args.batch_size or preset["cmt"]["batch_size"])
     gen_kwargs = dict(preset["generator"], seed=args.seed)
     rng = torch.Generator(device=device).manual_seed(args.seed)
     base = Generator.from_system(molsys, GeneratorConfig(**gen_kwargs)).to(device)
