@@ -13,11 +13,12 @@
   Its 5,000 gradient steps are compiled on CPU too (``CMTConfig.compile="auto"``). On
   the alanine tetrapeptide the order-2 fit stalls the annealing (beta 0.75 after 100
   steps); fit larger peptides by forward KL (``cmt.fit_order=1``).
-- ``cpu``: a 2-core CPU for about 35 minutes: the same with 14 coupling layers, 200
+- ``cpu``: a 2-core CPU for 35-60 minutes: the same with 14 coupling layers, 200
   annealing steps (6.6M target evaluations) and an entropy step of 2 nats. Reverse ESS
   median 0.889-0.896 over seeds 0-2, minimum over draws 0.883, Pareto k below 0.4. With
   100 steps (22 minutes) it gave 0.831-0.849; with 100 steps, twice the fit steps
-  (seed 0) gave 0.884, ten layers 0.813-0.821 and 20 layers (seed 0) 0.856.
+  (seed 0) gave 0.884, ten layers 0.813-0.821 and 20 layers (seed 0) 0.856; with 300
+  steps 0.913-0.914 on seeds 0-1, but 50-80 minutes.
 - ``gpu``: one H100/H200 for about 8 minutes: the ``cpu`` recipe (14 coupling layers,
   averaged parameters, alpha = 2 fit, entropy step 2) with MLPs 2 x 256 (3.7M
   parameters), 80 annealing steps of 65,536 samples (5.2M target evaluations) and
