@@ -24,8 +24,8 @@
   parameters), 80 annealing steps of 65,536 samples (5.2M target evaluations) and
   minibatches of 16,384. On an H200, cut at 5.5 minutes while a second run shared the
   GPU, this recipe had reached reverse ESS median 0.913 (minimum 0.911 over five draws
-  of 200k, Pareto k 0.40) at step 36 of a 120-step schedule; minibatches of 4,096 gave
-  0.899 at step 42. The 80-step preset is sized from those step times (about 3 minutes
+  of 200k, Pareto k 0.40) after 36 steps of a 120-step schedule; minibatches of 4,096
+  gave 0.899 after 42. The 80-step preset is sized from those step times (about 3 minutes
   compiling, then 3.5-4 s per step, both with the GPU shared) and has not run in full
   (BENCHMARKS.md, "GPU check").
 - ``paper``: the CMT paper's budget (1e8 evaluations on alanine dipeptide), hours.
