@@ -77,7 +77,7 @@ print(json.dumps(info))
 EOF
 cat "$RES/environment.json"; pack
 
-# The two trainings share the GPU; each stage's log and status as for the others.
+# One training, or two sharing the GPU with TRAIN_B; each keeps its log and status as a stage.
 train() {
   local name=$1; shift
   rm -rf /tmp/gpu-check-$name
