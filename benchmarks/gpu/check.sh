@@ -115,7 +115,6 @@ for run in ("train_a", "train_b"):
         continue
     keys = [k for k in m if any(t in k for t in ("ess", "pareto", "phi", "wall", "evaluations", "mode_collapse"))]
     print(run, json.dumps({k: m[k] for k in keys}, default=str)[:3000])
-    recs = h if isinstance(h, list) else h.get("records", h.get("history", []))
-    for r in recs[:: max(1, len(recs) // 12)] + recs[-1:]:
+    for r in h[:: max(1, len(h) // 12)] + h[-1:]:  # history.json is a list of step records
         print(run, json.dumps({k: r.get(k) for k in ("step", "beta", "ess", "wall_s", "phase_s") if k in r}, default=str)[:400])
 EOF
