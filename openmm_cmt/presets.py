@@ -13,21 +13,26 @@
   Its 5,000 gradient steps are compiled on CPU too (``CMTConfig.compile="auto"``). On
   the alanine tetrapeptide the order-2 fit stalls the annealing (beta 0.75 after 100
   steps); fit larger peptides by forward KL (``cmt.fit_order=1``).
-- ``cpu``: a 2-core CPU for 35-60 minutes: the same with 14 coupling layers, 200
-  annealing steps (6.6M target evaluations) and an entropy step of 2 nats. Reverse ESS
-  median 0.889-0.896 over seeds 0-2, minimum over draws 0.883, Pareto k below 0.4. With
-  100 steps (22 minutes) it gave 0.831-0.849; with 100 steps, twice the fit steps
-  (seed 0) gave 0.884, ten layers 0.813-0.821 and 20 layers (seed 0) 0.856; with 300
-  steps 0.913-0.914 on seeds 0-1, but 50-80 minutes.
-- ``gpu``: one H100/H200 for about 8 minutes: the ``cpu`` recipe (14 coupling layers,
-  averaged parameters, alpha = 2 fit, entropy step 2) with MLPs 2 x 256 (3.7M
-  parameters), 80 annealing steps of 65,536 samples (5.2M target evaluations) and
-  minibatches of 16,384. On an H200, cut at 5.5 minutes while a second run shared the
-  GPU, this recipe had reached reverse ESS median 0.913 (minimum 0.911 over five draws
-  of 200k, Pareto k 0.40) after 36 steps of a 120-step schedule; minibatches of 4,096
-  gave 0.899 after 42. The 80-step preset is sized from those step times (about 3 minutes
-  compiling, then 3.5-4 s per step, both with the GPU shared) and has not run in full
-  (BENCHMARKS.md, "GPU check").
+- ``cpu``: a 2-core CPU within the hour: the same with 14 coupling layers, an entropy
+  step of 2 nats and up to 300 annealing steps (9.8M target evaluations) in a time
+  budget of 55 minutes (``max_minutes``), which shortens the run to the steps that fit,
+  its learning-rate schedule ending on the last. 2-core VMs differ 1.7x in speed:
+  on the faster ones all 300 steps fit (about 50 minutes; reverse ESS median
+  0.913-0.914 over seeds 0-1, Pareto k 0.34); on a slower one the budget gave 179 steps
+  (seed 2: median 0.884, minimum 0.879, k 0.36; 51 minutes with the evaluation).
+  Without a budget, 200 steps gave 0.889-0.896 over seeds 0-2 (34-58 minutes) and 100
+  steps 0.831-0.849; with 100 steps, twice the fit steps (seed 0) gave 0.884, ten
+  layers 0.813-0.821 and 20 layers (seed 0) 0.856.
+- ``gpu``: one H100/H200 for 8 minutes of training (``max_minutes``): the ``cpu``
+  recipe (14 coupling layers, averaged parameters, alpha = 2 fit, entropy step 2) with
+  MLPs 2 x 256 (3.7M parameters), annealing steps of 65,536 samples and minibatches of
+  16,384, up to 120 steps: the time budget shortens the run to the steps that fit, its
+  learning-rate schedule ending on the last. On an H200, cut off (not shortened) after
+  36-37 steps while other runs shared the GPU, this recipe had reached reverse ESS
+  medians of 0.913 and 0.915 (five draws of 200k, Pareto k 0.40); minibatches of 4,096
+  gave 0.899. Alone on an H200 a step's 100 gradient steps take 3.1 s (``openmm-cmt
+  bench flow``) after about 3 minutes of compiling, so about 90-100 steps should fit;
+  the preset has not run alone (BENCHMARKS.md, "GPU check").
 - ``paper``: the CMT paper's budget (1e8 evaluations on alanine dipeptide), hours.
 """
 
@@ -69,6 +74,11 @@ class TrainConfig:
         annealing steps between checkpoints (0: only at the end).
     eval_samples
         flow samples for the final metrics.
+    max_minutes
+        a wall-time budget for training (None: none). Once step times are known, a run
+        that would overrun it is shortened to the steps that fit, its learning-rate
+        schedule ending on the last (``BoltzmannGeneratorSampler.train``), so the number
+        of steps done depends on the machine.
     """
 
     preset: str = "laptop"
@@ -80,6 +90,7 @@ class TrainConfig:
     device: str = "auto"
     checkpoint_every: int = 10
     eval_samples: int = 100_000
+    max_minutes: float | None = None
 
     def __post_init__(self):
         if self.energy not in ("auto", "torch", "openmm"):
@@ -92,6 +103,7 @@ class TrainConfig:
             raise ValueError(f"energy_compile must be true, false or 'auto', got {self.energy_compile!r}")
         check_setting("checkpoint_every", self.checkpoint_every, int, minimum=0)
         check_setting("eval_samples", self.eval_samples, int, minimum=1)
+        check_setting("max_minutes", self.max_minutes, float, allow_none=True, minimum=0, inclusive=False)
         for section in ("generator", "cmt"):
             if not isinstance(getattr(self, section), dict):
                 raise ValueError(f"{section} must be a dict of settings, got {getattr(self, section)!r}")
@@ -216,27 +228,37 @@ PRESETS: dict[str, dict] = {
         generator=dict(preset="gpu", n_layers=14, hidden=256, depth=2, n_bins=8, masking="all2all",
                        scaling="harmonic", prior_sigma=0.15, seed=0),
         cmt=dict(
-            path="cmt", eps_tr=2.0, eps_ent=2.0, n_steps=80, samples_per_step=65536, buffer_size=262144,
+            path="cmt", eps_tr=2.0, eps_ent=2.0, n_steps=120, samples_per_step=65536, buffer_size=262144,
             grad_steps_per_step=100, batch_size=16384, lr=1e-3, lr_schedule="cosine", grad_clip=10.0, seed=0,
             ema_decay=0.99, fit_order=2.0,
         ),
         energy_dtype="float32",
         checkpoint_every=10,
         eval_samples=1_000_000,
+        max_minutes=8.0,
+    ),
+    # The paper's budget on alanine dipeptide: 200 steps x 500k samples = 1e8 target evaluations.
+    "paper": dict(
+        generator=dict(preset="gpu", n_layers=16, hidden=256, depth=5, n_bins=8, masking="all2all",
+                       scaling="harmonic", prior_sigma=0.15, seed=0),
+        cmt=dict(
+            path="cmt", eps_tr=0.5, eps_ent=1.0, n_steps=200, samples_per_step=500_000, buffer_size=2_000_000,
+            grad_steps_per_step=500, batch_size=4096, lr=5e-4, lr_schedule="cosine", grad_clip=10.0, seed=0,
+            ema_decay=0.0, fit_order=1.0,
+        ),
+        energy_dtype="float32",
+        checkpoint_every=10,
+        eval_samples=1_000_000,
     ),
 }
-# Four times the laptop's steps on a flow of 14 coupling layers; the steps after beta
-# reaches 1 (about step 40) are what lift the ESS from 0.84 to 0.89.
+# Up to six times the laptop's steps on a flow of 14 coupling layers, as many as 55
+# minutes hold; the steps after beta reaches 1 (about step 40) are what lift the ESS
+# from 0.84 (100 steps) to 0.89 (200) and 0.91 (300).
 PRESETS["cpu"] = copy.deepcopy(PRESETS["laptop"])
 PRESETS["cpu"]["generator"].update(n_layers=14, hidden=128)
-PRESETS["cpu"]["cmt"].update(n_steps=200, eps_ent=2.0)
+PRESETS["cpu"]["cmt"].update(n_steps=300, eps_ent=2.0)
 PRESETS["cpu"]["checkpoint_every"] = 10
-# The paper's budget on alanine dipeptide: 200 steps x 500k samples = 1e8 target evaluations.
-PRESETS["paper"] = copy.deepcopy(PRESETS["gpu"])
-PRESETS["paper"]["generator"].update(n_layers=16, depth=5)
-PRESETS["paper"]["cmt"].update(eps_tr=0.5, eps_ent=1.0, n_steps=200, samples_per_step=500_000,
-                               buffer_size=2_000_000, grad_steps_per_step=500, batch_size=4096, lr=5e-4,
-                               ema_decay=0.0, fit_order=1.0)
+PRESETS["cpu"]["max_minutes"] = 55.0
 
 
 def preset(name: str, **overrides) -> TrainConfig:

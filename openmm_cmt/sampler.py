@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 import os
 import sys
 import time
@@ -30,6 +31,7 @@ import openmm
 from openmm import unit
 
 from openmm_cmt.checkpoint import FORMAT_VERSION, safe_torch_load
+from openmm_cmt.cmt.time_budget import TimeBudget
 from openmm_cmt.io import CheckpointError, json_text, publish_run, read_json, run_snapshot, torch_bytes
 from openmm_cmt.presets import TrainConfig, preset
 from openmm_cmt.run_lock import hold_run_lock
@@ -238,6 +240,7 @@ class BoltzmannGeneratorSampler:
         callbacks: Iterable[Callable] = (),
         progress: bool = True,
         checkpoint_dir: str | os.PathLike | None = None,
+        max_minutes: float | None = None,
     ) -> list[dict]:
         """Run CMT annealing steps until ``n_steps`` (default: the config's) are done.
 
@@ -261,6 +264,14 @@ class BoltzmannGeneratorSampler:
             naming the last good checkpoint (``sampler.save`` elsewhere still works).
             In a data-parallel job every process calls ``train`` alike; rank 0 alone
             holds the lock, writes and prints.
+        max_minutes
+            a wall-time budget for this call (default: the config's ``max_minutes``).
+            Once step times are known (timed after the steps that compile the flow
+            calls and fill the replay buffer), a run that would not finish this call's
+            steps in time is shortened to the steps that fit (``CMTTrainer.shorten``),
+            so that its learning-rate schedule still ends on its last step; it also
+            stops at the deadline. How many steps fit depends on the machine; the saved
+            config records the length the run ended with.
 
         Returns
         -------
@@ -284,9 +295,19 @@ class BoltzmannGeneratorSampler:
         reporter = _Progress(total, trainer.step_index, enabled=progress and is_main())
         callbacks = list(callbacks)
         every = self.config.checkpoint_every
+        max_minutes = self.config.max_minutes if max_minutes is None else max_minutes
+        if max_minutes is not None and (isinstance(max_minutes, bool) or not isinstance(max_minutes, (int, float))
+                                        or not 0 < max_minutes < float("inf")):
+            raise ValueError(f"max_minutes must be a positive number of minutes, got {max_minutes!r}")
+        # Steps are timed once the flow calls have compiled (steps 0-1) and the replay
+        # buffer is full: until then each step's buffer pass grows (and recompiles).
+        fill = math.ceil(trainer.config.buffer_size / trainer.config.samples_per_step)
+        budget = None if max_minutes is None else TimeBudget(60.0 * max_minutes, warmup_steps=max(2, fill + 1))
 
         def after_step(_trainer, record):
             stop = any_process(any(bool(cb(self, record)) for cb in callbacks))
+            if budget is not None:
+                stop = self._fit_budget(budget, total, reporter) or stop
             if checkpoint_dir is not None and every and _trainer.step_index % every == 0:
                 start = time.perf_counter()
                 self._checkpoint(checkpoint_dir, final=False)
@@ -305,6 +326,36 @@ class BoltzmannGeneratorSampler:
         if is_main():
             _warn_if_not_annealed(trainer.history)
         return trainer.history
+
+    def _fit_budget(self, budget: TimeBudget, goal: int, reporter: "_Progress") -> bool:
+        """After a step: if fewer steps than ``goal`` (this call's last) still fit in
+        ``budget``, make the run that long (rank 0's estimate, so that all processes keep
+        one schedule). A run shortened earlier grows back, up to ``goal``, when later
+        steps run faster than the estimate expected. True to stop."""
+        from openmm_cmt.cmt.distributed import active, all_reduce_sum, is_main
+
+        left = budget.step_done()
+        if active():  # -1 stands for "not known yet"
+            mine = torch.tensor([(-1 if left is None else left) if is_main() else 0])
+            left = int(all_reduce_sum(mine).item())
+            left = None if left < 0 else left
+        if left is None:
+            return False
+        trainer = self.trainer
+        length = max(1, trainer.step_index, min(goal, trainer.step_index + left))
+        if length < min(goal, trainer.config.n_steps):
+            trainer.shorten(length)
+        elif trainer.config.n_steps < length:  # shortened before, and faster since
+            trainer.extend(length)
+        else:
+            return left == 0
+        self.config.cmt.update(n_steps=trainer.config.n_steps, n_geometric=trainer.config.n_geometric)
+        reporter.total = trainer.config.n_steps
+        if left > 0 and reporter.enabled and not reporter.shortened:
+            reporter.shortened = True
+            print(f"\ntime budget: the run is now {trainer.config.n_steps} annealing steps long, the steps that "
+                  f"fit in the {budget.seconds_left:.0f} s left", file=sys.stderr, flush=True)
+        return left == 0
 
     def _checkpoint(self, folder, final: bool) -> None:
         """Save, retrying once after an OSError. A second failure mid-run is reported and
@@ -516,6 +567,7 @@ class _Progress:
 
     def __init__(self, total: int, start: int, enabled: bool):
         self.total, self.start, self.enabled = total, start, enabled
+        self.shortened = False  # told once that a time budget shortens the run
         self.t0 = time.perf_counter()
         self.tty = sys.stderr.isatty()
 

@@ -155,8 +155,9 @@ def test_alanine_dipeptide_two_processes_resume_and_match_one_process(tmp_path):
     # path --resume takes)
     with pytest.raises(ValueError, match=r"written by 2 training process\(es\).*--nproc 2"):
         BoltzmannGeneratorSampler.load(run)
+    # a time budget (ample here) takes a collective each step: rank 0's estimate for all
     done = openmm_cmt("train", "alanine-dipeptide", "--out", run, "--resume", "--steps", "3", "--nproc", "2",
-                      "--device", "cpu", "--quiet", "--no-evaluate")
+                      "--device", "cpu", "--quiet", "--no-evaluate", "--max-minutes", "30")
     assert done.returncode == 0, done.stderr[-3000:]
     history = dist_worker.stored_trainer_state(run)["history"]
     assert [r["evaluations"] for r in history] == [128, 256, 384]

@@ -304,10 +304,8 @@ def test_cosine_learning_rate_is_the_closed_form_and_ends_at_zero():
     assert constant.learning_rate(0) == constant.learning_rate(10_000) == 0.02
 
 
-def test_running_past_n_steps_stretches_the_cosine_schedule_and_still_trains():
-    config = CMTConfig(n_steps=2, samples_per_step=256, buffer_size=512, grad_steps_per_step=5, batch_size=128,
-                       lr=0.01, lr_schedule="cosine", seed=2)
-    trainer = CMTTrainer(small_flow(), gmm40().target(), config)
+def learning_rates_used(trainer) -> list:
+    """The learning rate of each optimiser step the trainer takes from now on."""
     used = []
     step = trainer.optimizer.step
 
@@ -316,6 +314,14 @@ def test_running_past_n_steps_stretches_the_cosine_schedule_and_still_trains():
         return step(*args, **kwargs)
 
     trainer.optimizer.step = recording_step
+    return used
+
+
+def test_running_past_n_steps_stretches_the_cosine_schedule_and_still_trains():
+    config = CMTConfig(n_steps=2, samples_per_step=256, buffer_size=512, grad_steps_per_step=5, batch_size=128,
+                       lr=0.01, lr_schedule="cosine", seed=2)
+    trainer = CMTTrainer(small_flow(), gmm40().target(), config)
+    used = learning_rates_used(trainer)
     trainer.run()
     assert used[-1] == pytest.approx(0.005 * (1 + math.cos(math.pi * 9 / 10)))
     before = [p.detach().clone() for p in trainer.flow.parameters()]

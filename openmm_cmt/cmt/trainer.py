@@ -299,12 +299,23 @@ class CMTTrainer:
 
     @contextlib.contextmanager
     def _timing(self, phase: str):
-        """Adds the wall time of the ``with`` block to ``phase`` of the current step."""
+        """Adds the wall time of the ``with`` block to ``phase`` of the current step.
+
+        On CUDA the device is synchronised at both ends: kernels run asynchronously, and
+        without that a phase would be charged for the unfinished work of the one before
+        it (the dual, whose first copy to the CPU waits, took the sampling's time)."""
+        self._synchronize()
         start = time.perf_counter()
         try:
             yield
         finally:
+            self._synchronize()
             self._phase[phase] += time.perf_counter() - start
+
+    def _synchronize(self) -> None:
+        device = self._device()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
 
     # -- target evaluations, counted exactly -------------------------------------------
     def _log_p(self, x: torch.Tensor) -> torch.Tensor:
@@ -536,6 +547,23 @@ class CMTTrainer:
         """
         if n_steps <= self.config.n_steps:
             raise ValueError(f"extend needs more than the run's {self.config.n_steps} annealing steps, got {n_steps}")
+        self._set_length(n_steps)
+
+    def shorten(self, n_steps: int) -> None:
+        """Make the run ``n_steps`` annealing steps long (fewer than ``config.n_steps``,
+        and no fewer than the steps already taken), as a time budget does.
+
+        The cosine learning-rate schedule then ends on the last of those steps, so the
+        run still finishes at a small rate instead of being cut off near its peak; the
+        rate of the next optimiser step drops to what the shorter schedule gives it. A
+        geometric-linear schedule keeps its length, as in ``extend``.
+        """
+        if not self.step_index <= n_steps < self.config.n_steps or n_steps < 1:
+            raise ValueError(f"shorten needs a length from max(1, steps taken = {self.step_index}) to fewer than "
+                             f"the run's {self.config.n_steps} annealing steps, got {n_steps}")
+        self._set_length(n_steps)
+
+    def _set_length(self, n_steps: int) -> None:
         pinned = self.config.n_geometric or self.config.n_steps
         self.config = dataclasses.replace(self.config, n_steps=n_steps, n_geometric=pinned)
         self.total_grad_steps = n_steps * self.config.grad_steps_per_step
@@ -544,11 +572,12 @@ class CMTTrainer:
         """Annealing steps until ``n_steps`` (default ``config.n_steps``) have been taken in
         total (a resumed trainer continues where it stopped); more than ``config.n_steps``
         extends the run (``extend``). ``callback(trainer, record)`` runs after each step;
-        returning True stops early. Returns ``history``."""
+        returning True stops early, and a callback that shortens the run (``shorten``)
+        ends it at the new length. Returns ``history``."""
         n_steps = self.config.n_steps if n_steps is None else n_steps
         if n_steps > self.config.n_steps:
             self.extend(n_steps)
-        while self.step_index < n_steps:
+        while self.step_index < min(n_steps, self.config.n_steps):
             record = self.step()
             if callback is not None and callback(self, record):
                 break
@@ -578,8 +607,8 @@ class CMTTrainer:
             raise ValueError(f"checkpoint was trained with path {state['config']['path']!r}, not {self.config.path!r}")
         self.flow.load_state_dict(state["flow"])
         self.optimizer.load_state_dict(state["optimizer"])
-        if state["config"]["n_steps"] > self.config.n_steps:  # the stored run was extended
-            self.extend(state["config"]["n_steps"])
+        if state["config"]["n_steps"] != self.config.n_steps:  # the stored run was extended or shortened
+            self._set_length(state["config"]["n_steps"])
         self.buffer.load_state_dict(state["buffer"])
         self.step_index = int(state["step_index"])
         self.grad_step_index = int(state["grad_step_index"])

@@ -41,7 +41,9 @@ def add_arguments(p) -> None:
     p.add_argument("--eval-samples", type=positive_int, default=None, help="samples for the final metrics")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="override a preset value, e.g. cmt.eps_tr=0.3 or generator.hidden=128 (repeatable)")
-    p.add_argument("--max-minutes", type=positive_float, default=None, help="stop training after this wall time")
+    p.add_argument("--max-minutes", type=positive_float, default=None, help="fit training into this wall time (default: the preset's max_minutes): once step "
+                        "times are known, the run is shortened to the steps that fit, its learning-rate "
+                        "schedule ending on the last")
     p.add_argument("--no-evaluate", action="store_true", help="skip the final evaluation (run openmm-cmt evaluate)")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     p.add_argument("--nproc", type=positive_int, default=None,
@@ -170,6 +172,9 @@ def _train(args, out: str) -> int:
         if args.eval_samples is not None:
             sampler.config.eval_samples = args.eval_samples
             applied.append(f"--eval-samples {args.eval_samples}")
+        if args.max_minutes is not None:
+            sampler.config.max_minutes = args.max_minutes
+            applied.append(f"--max-minutes {args.max_minutes:g}")
         say(f"resuming {out} at annealing step {len(sampler.history)} of {steps}"
               + (f" (applying {', '.join(applied)})" if applied else ""))
     else:
@@ -183,6 +188,8 @@ def _train(args, out: str) -> int:
             cmt["seed"] = gen["seed"] = args.seed
         if args.eval_samples is not None:
             overrides["eval_samples"] = args.eval_samples
+        if args.max_minutes is not None:
+            overrides["max_minutes"] = args.max_minutes
         for item in args.set:
             section, key, value = _parse_setting(item)
             if section == "cmt":
@@ -196,14 +203,8 @@ def _train(args, out: str) -> int:
     n_params = sum(p.numel() for p in sampler.generator.parameters())
     say(f"{sampler.molsys.name}: {sampler.molsys.n_atoms} atoms, d={sampler.molsys.dim}, "
           f"{n_params / 1e6:.2f}M flow parameters, device {sampler.device}, preset {sampler.config.preset}")
-    callbacks = []
-    if args.max_minutes is not None:
-        import time
-
-        deadline = time.perf_counter() + 60.0 * args.max_minutes
-        callbacks.append(lambda _sampler, _record: time.perf_counter() > deadline)
     try:
-        sampler.train(n_steps=args.steps, checkpoint_dir=out, progress=not args.quiet, callbacks=callbacks)
+        sampler.train(n_steps=args.steps, checkpoint_dir=out, progress=not args.quiet)
     except RunSaveError as err:
         raise CheckpointError(f"{err}{_rescue(sampler)}") from err
     say(f"training: {sampler.n_evaluations:.3g} target evaluations, {sampler.trainer.wall_s:.0f} s")
