@@ -33,7 +33,7 @@ from openmm import unit
 from openmm_cmt.checkpoint import FORMAT_VERSION, safe_torch_load
 from openmm_cmt.cmt.time_budget import TimeBudget
 from openmm_cmt.io import CheckpointError, json_text, publish_run, read_json, run_snapshot, torch_bytes
-from openmm_cmt.presets import TrainConfig, preset
+from openmm_cmt.presets import TrainConfig, check_setting, preset
 from openmm_cmt.run_lock import hold_run_lock
 from openmm_cmt.systems.files import load_system, system_files, xml_fingerprint
 from openmm_cmt.systems.molecular_system import MolecularSystem
@@ -296,9 +296,7 @@ class BoltzmannGeneratorSampler:
         callbacks = list(callbacks)
         every = self.config.checkpoint_every
         max_minutes = self.config.max_minutes if max_minutes is None else max_minutes
-        if max_minutes is not None and (isinstance(max_minutes, bool) or not isinstance(max_minutes, (int, float))
-                                        or not 0 < max_minutes < float("inf")):
-            raise ValueError(f"max_minutes must be a positive number of minutes, got {max_minutes!r}")
+        check_setting("max_minutes", max_minutes, float, allow_none=True, minimum=0, inclusive=False)
         # Steps are timed once the flow calls have compiled (steps 0-1) and the replay
         # buffer is full: until then each step's buffer pass grows (and recompiles).
         fill = math.ceil(trainer.config.buffer_size / trainer.config.samples_per_step)

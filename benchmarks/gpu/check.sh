@@ -102,12 +102,13 @@ train() {
 # 6.5M-parameter flow narrow onto a few heavy samples (per-step ESS 0.5 %, beta stuck
 # near 0.2; BENCHMARKS.md, "three runs sharing an H200").
 peptide_args() {
-  local common="--set cmt.fit_order=1 --set generator.prior_sigma=0.12 --set eval_samples=100000"
-  if [ "$MODE" = cpu ]; then echo "--set cmt.fit_order=1 --set generator.prior_sigma=0.12"; return; fi
   case $1 in
-    alanine-tetrapeptide|alanine-hexapeptide|elil) echo "$common --set cmt.eps_tr=2 --set cmt.eps_ent=2 --set cmt.n_steps=150" ;;
+    alanine-tetrapeptide|alanine-hexapeptide|elil) ;;
     *) echo "unknown peptide $1" >&2; return 1 ;;
   esac
+  local recipe="--set cmt.fit_order=1 --set generator.prior_sigma=0.12"
+  if [ "$MODE" = cpu ]; then echo "$recipe"; return; fi
+  echo "$recipe --set cmt.eps_tr=2 --set cmt.eps_ent=2 --set cmt.n_steps=150 --set eval_samples=100000"
 }
 train train_a $SYSTEM "--reference $REFERENCE" &
 if [ -n "${TRAIN_B:-}" ]; then
