@@ -11,9 +11,9 @@
   forward KL gave medians 0.687 and 0.672 on seeds 0 and 1 with phi > 0 up to 2.2x off.
   Coupling layers, not width, lift the ESS; each costs mostly its splines. A time budget
   of 8.5 minutes (``max_minutes``) keeps ``make demo`` within 10 minutes: on a 2-core VM
-  of the slower kind it held the run to 42 and 38 steps (seeds 0 and 1: medians 0.692
-  and 0.640, k 0.35-0.38; 9.4-9.6 minutes with the evaluation); where all 50 fit, it
-  changes nothing.
+  of the slower kind it held the run to 38-42 steps (four runs of seeds 0 and 1:
+  medians 0.628-0.692, k 0.34-0.38; 9.1-9.6 minutes with the evaluation); where all 50
+  fit, it changes nothing.
   Its 5,000 gradient steps are compiled on CPU too (``CMTConfig.compile="auto"``). On
   the alanine tetrapeptide the order-2 fit stalls the annealing (beta 0.75 after 100
   steps); fit larger peptides by forward KL (``cmt.fit_order=1``).

@@ -16,10 +16,12 @@ pickled code (:mod:`openmm_cmt.io`, :mod:`openmm_cmt.checkpoint`); one process a
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import math
 import os
+import statistics
 import sys
 import time
 import warnings
@@ -292,7 +294,6 @@ class BoltzmannGeneratorSampler:
             # config saved with it says so (a later resume continues the same schedule).
             trainer.extend(total)
             self.config.cmt.update(n_steps=total, n_geometric=trainer.config.n_geometric)
-        reporter = _Progress(total, trainer.step_index, enabled=progress and is_main())
         callbacks = list(callbacks)
         every = self.config.checkpoint_every
         max_minutes = self.config.max_minutes if max_minutes is None else max_minutes
@@ -301,6 +302,7 @@ class BoltzmannGeneratorSampler:
         # buffer is full: until then each step's buffer pass grows (and recompiles).
         fill = math.ceil(trainer.config.buffer_size / trainer.config.samples_per_step)
         budget = None if max_minutes is None else TimeBudget(60.0 * max_minutes, warmup_steps=max(2, fill + 1))
+        reporter = _Progress(total, enabled=progress and is_main(), budget=budget)
 
         def after_step(_trainer, record):
             stop = any_process(any(bool(cb(self, record)) for cb in callbacks))
@@ -328,8 +330,8 @@ class BoltzmannGeneratorSampler:
     def _fit_budget(self, budget: TimeBudget, goal: int, reporter: "_Progress") -> bool:
         """After a step: if fewer steps than ``goal`` (this call's last) still fit in
         ``budget``, make the run that long (rank 0's estimate, so that all processes keep
-        one schedule). A run shortened earlier grows back, up to ``goal``, when later
-        steps run faster than the estimate expected. True to stop."""
+        one schedule). A run is never lengthened again: its learning rate only falls.
+        True to stop."""
         from openmm_cmt.cmt.distributed import active, all_reduce_sum, is_main
 
         left = budget.step_done()
@@ -341,12 +343,9 @@ class BoltzmannGeneratorSampler:
             return False
         trainer = self.trainer
         length = max(1, trainer.step_index, min(goal, trainer.step_index + left))
-        if length < min(goal, trainer.config.n_steps):
-            trainer.shorten(length)
-        elif trainer.config.n_steps < length:  # shortened before, and faster since
-            trainer.extend(length)
-        else:
+        if length >= min(goal, trainer.config.n_steps):
             return left == 0
+        trainer.shorten(length)
         self.config.cmt.update(n_steps=trainer.config.n_steps, n_geometric=trainer.config.n_geometric)
         reporter.total = trainer.config.n_steps
         if left > 0 and reporter.enabled and not reporter.shortened:
@@ -563,19 +562,24 @@ def _check_clashes(molsys) -> None:
 class _Progress:
     """One status line: annealing step, evaluations, ESS of the step weights, time left."""
 
-    def __init__(self, total: int, start: int, enabled: bool):
-        self.total, self.start, self.enabled = total, start, enabled
+    def __init__(self, total: int, enabled: bool, budget: TimeBudget | None = None):
+        self.total, self.enabled, self.budget = total, enabled, budget
         self.shortened = False  # told once that a time budget shortens the run
         self.t0 = time.perf_counter()
         self.tty = sys.stderr.isatty()
+        # The time left is projected from recent steps: the first ones compile the flow
+        # calls and would make an average over the run's start several times too long.
+        self.recent: collections.deque[float] = collections.deque(maxlen=5)
 
     def update(self, record: dict) -> None:
         if not self.enabled:
             return
         done = record["step"] + 1
         elapsed = time.perf_counter() - self.t0
-        rate = (done - self.start) / max(elapsed, 1e-9)
-        left = (self.total - done) / rate if rate > 0 else float("nan")
+        self.recent.append(record.get("step_wall_s", float("nan")))
+        left = (self.total - done) * statistics.median(self.recent)
+        if self.budget is not None:
+            left = min(left, max(self.budget.seconds_left, 0.0))
         width = 24
         filled = int(width * done / max(self.total, 1))
         line = (

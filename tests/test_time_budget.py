@@ -27,13 +27,13 @@ class FakeClock:
         return self.t
 
 
-def test_budget_leaves_out_the_warm_up_and_counts_steps_by_the_median_of_recent_ones():
+def test_budget_leaves_out_the_warm_up_and_counts_steps_by_the_shortest_of_recent_ones():
     clock = FakeClock()
     budget = TimeBudget(100.0, warmup_steps=2, min_timed=2, window=3, clock=clock)
     for duration, expected in ((40.0, None), (20.0, None), (2.0, None)):  # compiling, then one step timed
         clock.t += duration
         assert budget.step_done() is expected
-    for duration, expected in ((4.0, 34 // 3), (3.0, 31 // 3), (10.0, 21 // 4)):
+    for duration, expected in ((4.0, 34 // 2), (3.0, 31 // 2), (10.0, 21 // 3)):
         clock.t += duration
         assert budget.step_done() == expected
     assert budget.seconds_left == pytest.approx(21.0)
@@ -54,7 +54,7 @@ def test_one_slow_step_after_compiling_does_not_shorten_the_run_by_itself():
         clock.t += duration
         assert budget.step_done() is None
     clock.t += 10.0
-    assert budget.step_done() == (1000 - 340) // 10  # the median of 40, 10, 10
+    assert budget.step_done() == (1000 - 340) // 10  # the shortest of 40, 10, 10
 
 
 def test_deadline_is_reported_even_before_step_times_are_known():
@@ -186,19 +186,55 @@ def test_preset_budget_is_validated():
             preset("laptop", max_minutes=bad)
 
 
-def test_a_shortened_run_grows_back_when_its_steps_speed_up_but_not_past_its_length(monkeypatch):
+def _budgeted(monkeypatch, n_steps, seconds, durations):
+    """Train ``_tiny(n_steps)`` in ``seconds`` of a fake clock, step k taking
+    ``durations(k)``; return the sampler, the run's length as each step ended (before
+    the budget looked at it) and the clock's time past the deadline."""
     clock = FakeClock()
+    start = clock.t
     monkeypatch.setattr(sampler_module, "TimeBudget", lambda seconds, **kw: TimeBudget(seconds, clock=clock, **kw))
-    sampler = BoltzmannGeneratorSampler.from_name("alanine-dipeptide", config=_tiny(n_steps=30))
-    lengths = []  # the run's length as each step ends, before the budget looks at it
+    sampler = BoltzmannGeneratorSampler.from_name("alanine-dipeptide", config=_tiny(n_steps=n_steps))
+    lengths = []
 
-    def slow_then_fast(s, _record):
+    def advance(s, _record):
         lengths.append(s.trainer.config.n_steps)
-        clock.t += 4.0 if len(lengths) <= 8 else 0.5
+        clock.t += durations(len(lengths))
 
-    # 40 s: at 4 s a step, the run is cut to 10 steps after the 6th; at 0.5 s it grows
-    # back to what the remaining time holds (24 steps), never past its 30
-    sampler.train(progress=False, max_minutes=40 / 60, callbacks=[slow_then_fast])
-    assert lengths[:6] == [30] * 6 and lengths[6:9] == [10, 10, 10]
-    assert len(sampler.history) == sampler.trainer.config.n_steps == 24 == max(lengths[9:])
-    assert sampler.config.cmt["n_steps"] == 24
+    sampler.train(progress=False, max_minutes=seconds / 60, callbacks=[advance])
+    return sampler, lengths, clock.t - (start + seconds)
+
+
+def test_a_shortened_run_is_never_lengthened_so_its_learning_rate_only_falls(monkeypatch):
+    # 40 s: at 4 s a step the run is cut to 10 steps after the 6th (three of warm-up,
+    # three timed); steps of 0.5 s after the 8th would leave room for more, but the run
+    # keeps its 10
+    sampler, lengths, _ = _budgeted(monkeypatch, 30, 40.0, lambda k: 4.0 if k <= 8 else 0.5)
+    assert lengths[:6] == [30] * 6 and lengths[6:] == [10] * 4
+    assert len(sampler.history) == sampler.trainer.config.n_steps == sampler.config.cmt["n_steps"] == 10
+    rates = [record["lr"] for record in sampler.history]
+    assert all(a >= b for a, b in zip(rates, rates[1:]))
+
+
+def test_uneven_steps_shorten_the_run_a_little_at_a_time_and_end_it_at_the_deadline(monkeypatch):
+    # steps of 1 and 2 s in turn: the estimate (the shortest recent step, 1 s) first
+    # expects 27 steps; the run is shortened as the time runs out, ends within one
+    # step's variation (1 s) of the 30 s deadline, and its length never grows
+    sampler, lengths, overrun = _budgeted(monkeypatch, 40, 30.0, lambda k: 1.0 if k % 2 else 2.0)
+    assert lengths[:6] == [40] * 6 and lengths[6] == 6 + 21
+    assert all(a >= b for a, b in zip(lengths, lengths[1:]))
+    assert len(set(lengths[6:])) > 2  # shortened more than once, not cut once to a guess
+    assert -1.0 < overrun <= 1.0
+    assert len(sampler.history) == sampler.trainer.config.n_steps == len(lengths) == 20
+
+
+def test_progress_projects_the_time_left_from_recent_steps_within_the_budget(capsys):
+    def lines(budget=None):
+        reporter = sampler_module._Progress(10, enabled=True, budget=budget)
+        for step, seconds in enumerate((100.0, 10.0, 10.0, 10.0)):  # compiling, then 10 s a step
+            reporter.update({"step": step, "step_wall_s": seconds})
+        return capsys.readouterr().err.strip().splitlines()
+
+    first, *_, last = lines()
+    assert "left 900s" in first and "left 60s" in last  # 6 steps of 10 s, not of the mean 32.5 s
+    clock = FakeClock()
+    assert "left 25s" in lines(TimeBudget(25.0, clock=clock))[-1]  # a budget that ends sooner caps it
