@@ -13,8 +13,11 @@
   of 8.5 minutes (``max_minutes``) keeps ``make demo`` within 10 minutes: on a 2-core VM
   of the slower kind it held the run to 38-42 steps (four runs of seeds 0 and 1:
   medians 0.628-0.692, k 0.34-0.38; 9.1-9.6 minutes with the evaluation); where all 50
-  fit, it changes nothing.
-  Its 5,000 gradient steps are compiled on CPU too (``CMTConfig.compile="auto"``). On
+  fit, it changes nothing (seeds 0 and 1 on the same VM kind on a faster day, sampling
+  eagerly: medians 0.714 and 0.695, k 0.36-0.39, 8.3-8.7 minutes).
+  On a CPU ``CMTConfig.compile="auto"`` compiles its 5,000 gradient steps but not its
+  sampling (1.6M samples) or the buffer's log densities, which would not repay their
+  compilation; the ``cpu`` preset also compiles its sampling. On
   the alanine tetrapeptide the order-2 fit stalls the annealing (beta 0.75 after 100
   steps); fit larger peptides by forward KL (``cmt.fit_order=1``).
 - ``cpu``: a 2-core CPU within the hour: the same with 14 coupling layers, an entropy

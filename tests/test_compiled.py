@@ -11,7 +11,13 @@ import openmm_cmt  # noqa: F401  (torch before openmm)
 from openmm_cmt.cmt import CMTConfig, CMTTrainer
 from openmm_cmt.cmt import compiled as compiled_module
 from openmm_cmt.cmt.compiled import KINDS, FlowCalls, compile_available
-from openmm_cmt.cmt.trainer import AUTO_COMPILE_MIN_GRAD_STEPS, AUTO_COMPILE_MIN_GRAD_STEPS_CPU, PHASES
+from openmm_cmt.cmt.trainer import (
+    AUTO_COMPILE_LOG_PROB_ROWS_CPU,
+    AUTO_COMPILE_MIN_GRAD_STEPS,
+    AUTO_COMPILE_MIN_GRAD_STEPS_CPU,
+    AUTO_COMPILE_MIN_SAMPLES_CPU,
+    PHASES,
+)
 from openmm_cmt.flows import EuclideanFlow, GeneratorConfig
 from openmm_cmt.cmt.toy_targets import gmm40
 
@@ -285,6 +291,79 @@ def test_compile_setting_is_validated_and_auto_needs_a_long_run():
     if torch.cuda.is_available():
         cuda = CMTTrainer(small_flow().cuda(), gmm40().target(), long_config)
         assert cuda.calls.compiled["loss"]
+
+
+def test_auto_compiles_on_cpu_only_what_pays_for_its_compilation():
+    """Sampling for runs that draw many samples, the forward-KL step for runs of many
+    gradient steps, the buffer's log densities once enough rows have run eagerly."""
+    if not compile_available(torch.device("cpu")):
+        pytest.skip("no C++ compiler for torch.compile on CPU")
+    plan = CMTTrainer(small_flow(), gmm40().target(), small_config())._compile_plan()
+    assert plan == {"log_prob": AUTO_COMPILE_LOG_PROB_ROWS_CPU}
+    long_fit = small_config(n_steps=AUTO_COMPILE_MIN_GRAD_STEPS_CPU // 4, grad_steps_per_step=4)
+    assert CMTTrainer(small_flow(), gmm40().target(), long_fit)._compile_plan() == {"log_prob": AUTO_COMPILE_LOG_PROB_ROWS_CPU, "loss": 0}
+    many_samples = small_config(n_steps=4, samples_per_step=AUTO_COMPILE_MIN_SAMPLES_CPU // 4)
+    assert CMTTrainer(small_flow(), gmm40().target(), many_samples)._compile_plan() == {"log_prob": AUTO_COMPILE_LOG_PROB_ROWS_CPU, "sample": 0}
+    fewer_samples = small_config(n_steps=4, samples_per_step=AUTO_COMPILE_MIN_SAMPLES_CPU // 4 - 1)
+    assert "sample" not in CMTTrainer(small_flow(), gmm40().target(), fewer_samples)._compile_plan()
+    assert CMTTrainer(small_flow(), gmm40().target(), small_config(compile=True))._compile_plan() is True
+    assert CMTTrainer(small_flow(), gmm40().target(), small_config(compile=False))._compile_plan() is False
+
+
+def test_a_deferred_kind_runs_eagerly_for_its_rows_then_compiles(monkeypatch):
+    compiled_calls = []
+
+    def make(fn):
+        def call(*args):
+            compiled_calls.append(args[0].shape[0])
+            return fn(*args)
+        return call
+
+    monkeypatch.setattr(compiled_module.torch, "compile", _fake_compile(make))
+    flow = small_flow()
+    x, weights = _batch(flow, n=100)
+    calls = FlowCalls(flow, {"log_prob": 150, "loss": 0}, 100, chunk_size=100)
+    assert calls.compiled == {"loss": True, "log_prob": False, "sample": False}
+    assert calls.eager_rows_left == {"log_prob": 150}
+    with torch.no_grad():
+        reference = flow.log_prob(x)
+    torch.testing.assert_close(calls.log_prob(x), reference)  # 100 eager rows: 50 left
+    assert compiled_calls == [] and calls.eager_rows_left == {"log_prob": 50} and not calls.compiled["log_prob"]
+    torch.testing.assert_close(calls.log_prob(x), reference)  # allowance spent during this call
+    assert compiled_calls == [] and calls.eager_rows_left == {} and calls.compiled["log_prob"]
+    torch.testing.assert_close(calls.log_prob(x), reference)
+    assert compiled_calls == [100] and "log_prob" in calls.checked
+    calls.loss_and_grads(x, weights)
+    assert compiled_calls == [100, 100]
+
+
+def test_eager_sampling_maps_the_latent_draw_in_chunks_and_draws_what_the_flow_draws():
+    from openmm_cmt.flows import Generator
+    from openmm_cmt.systems import resolve
+
+    generator = Generator.from_system(resolve("alanine-dipeptide"), GeneratorConfig(preset="cpu", n_layers=2, hidden=8, depth=1))
+    calls = FlowCalls(generator, {"sample": 100}, 64, chunk_size=32)
+    sizes = []
+    latent_to_positions = generator.latent_to_positions
+
+    def recorded(z):
+        sizes.append(z.shape[0])
+        return latent_to_positions(z)
+
+    generator.latent_to_positions = recorded
+    x, log_q = calls.sample(70, torch.Generator().manual_seed(5))
+    assert sizes == [32, 32, 6] and calls.eager_rows_left == {"sample": 30}
+    with torch.no_grad():
+        ref_x, ref_log_q = generator.sample(70, generator=torch.Generator().manual_seed(5))
+    torch.testing.assert_close(x, ref_x, rtol=0, atol=1e-5)
+    torch.testing.assert_close(log_q, ref_log_q, rtol=0, atol=1e-4)
+
+
+def test_the_compile_plan_is_validated():
+    for enabled, match in [({"backward": 0}, "unknown kinds"), ({"loss": -1}, "integer >= 0"),
+                           ({"loss": 1.5}, "integer >= 0"), ({"loss": True}, "integer >= 0"), ("yes", "mapping from kind")]:
+        with pytest.raises(ValueError, match=match):
+            FlowCalls(small_flow(), enabled, 64)
 
 
 def test_a_tilted_minibatch_without_weight_contributes_nothing():

@@ -28,7 +28,8 @@ def torchrun(nproc: int, *args, timeout=240, env=None):
 
 def draw_as_ranks(trainer: CMTTrainer, streams: list[torch.Generator]) -> None:
     """Make ``trainer``'s flow draw what ``len(streams)`` processes draw together: rank r's
-    share from its stream (seeded seed + r), concatenated in rank order."""
+    share from its stream (seeded seed + r), concatenated in rank order. A flow with a
+    latent split is sampled through its latent draw (``FlowCalls.sample``), others whole."""
     own_sample = trainer.flow.sample
 
     def sample(n, generator=None):
@@ -36,6 +37,13 @@ def draw_as_ranks(trainer: CMTTrainer, streams: list[torch.Generator]) -> None:
         return tuple(torch.cat(t) for t in zip(*parts))
 
     trainer.flow.sample = sample
+    if hasattr(trainer.flow, "sample_latent"):
+        own_latent = trainer.flow.sample_latent
+
+        def sample_latent(n, generator=None):
+            return torch.cat([own_latent(len(shard(n, r, len(streams))), stream) for r, stream in enumerate(streams)])
+
+        trainer.flow.sample_latent = sample_latent
 
 
 class AsRanks(CMTTrainer):

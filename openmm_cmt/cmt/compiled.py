@@ -110,7 +110,12 @@ class FlowCalls:
         a module with ``sample(n, generator=None) -> (x, log_q)`` and
         ``log_prob(x) -> [n]``.
     enabled
-        compile (True) or always run eagerly (False).
+        compile every kind (True), none (False), or a mapping from kind to the rows
+        that kind runs eagerly before it is compiled (0: from the first call; kinds
+        left out always run eagerly). Deferring a kind is rent-or-buy: a kind whose use
+        is not known in advance (the buffer's log densities, needed only while the trust
+        region binds) is compiled once its eager calls have cost about what compiling
+        would.
     batch_size
         the minibatch size whose loss is compiled.
     chunk_size
@@ -128,7 +133,10 @@ class FlowCalls:
     ----------
     compiled
         per kind (``loss``, ``log_prob``, ``sample``), whether calls of that kind
-        currently go through the compiled graph (False after a fallback).
+        currently go through the compiled graph (False after a fallback, and for a
+        deferred kind until its eager rows are spent).
+    eager_rows_left
+        per deferred kind not yet compiled, the rows it still runs eagerly.
     checked
         kinds whose first compiled call has been verified.
     log_mass
@@ -153,9 +161,11 @@ class FlowCalls:
         self.batch_size = batch_size
         self.chunk_size = chunk_size
         self.params = [p for p in flow.parameters() if p.requires_grad]
-        can_sample = all(hasattr(flow, a) for a in ("sample_latent", "latent_to_positions", "prior_log_prob"))
-        kinds = {kind for kind in KINDS if enabled and (can_sample or kind != "sample")}
-        self.compiled = {kind: kind in kinds for kind in KINDS}
+        self._latent_split = all(hasattr(flow, a) for a in ("sample_latent", "latent_to_positions", "prior_log_prob"))
+        after = _rows_before_compiling(enabled)
+        kinds = {kind for kind in after if self._latent_split or kind != "sample"}
+        self.eager_rows_left = {kind: after[kind] for kind in kinds if after[kind] > 0}
+        self.compiled = {kind: kind in kinds and kind not in self.eager_rows_left for kind in KINDS}
         self.checked: set[str] = set()
         eager = {"loss": self._eager_loss, "log_prob": self._eager_log_prob, "sample": self._eager_latent_map}
         regional = set(regional) & kinds if hasattr(flow, "compile_regions") else set()
@@ -167,6 +177,15 @@ class FlowCalls:
                                if regions and hasattr(torch._dynamo.config, name)}
         self._fns = {kind: self._regional(eager[kind]) if kind in regional
                      else torch.compile(eager[kind], dynamic=False, mode=mode) for kind in KINDS if kind in kinds}
+
+    def _count_eager(self, kind: str, rows: int) -> None:
+        """Counts ``rows`` run eagerly by a deferred ``kind``; compiles it once its
+        allowance is spent."""
+        if kind in self.eager_rows_left:
+            self.eager_rows_left[kind] -= rows
+            if self.eager_rows_left[kind] <= 0:
+                del self.eager_rows_left[kind]
+                self.compiled[kind] = True
 
     # -- regional compilation ---------------------------------------------------------------
     def _regional(self, fn):
@@ -224,6 +243,7 @@ class FlowCalls:
 
     def _fallback(self, kind: str, reason: str) -> None:
         self.compiled[kind] = False
+        self.eager_rows_left.pop(kind, None)
         warnings.warn(f"torch.compile of the flow's {kind} call {reason}; running it eagerly from now on",
                       RuntimeWarning, stacklevel=4)
 
@@ -249,6 +269,7 @@ class FlowCalls:
             except Exception as err:  # compilation errors surface at the first (backward) call
                 self._fallback("loss", _describe(err))
         loss, self.log_mass = self._split(self._eager_loss(x, weights))
+        self._count_eager("loss", x.shape[0])
         return loss.detach(), self._grads(loss)
 
     def _split(self, out) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -292,12 +313,18 @@ class FlowCalls:
                 return values
             except Exception as err:
                 self._fallback("log_prob", _describe(err))
+        self._count_eager("log_prob", chunk.shape[0])
         return self._eager_log_prob(chunk)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """``flow.sample(n, generator)`` without gradient; the same draws as the eager call."""
-        if not self.compiled["sample"]:
+        """``flow.sample(n, generator)`` without gradient; the same draws as the eager call.
+
+        A flow with a latent split is mapped in chunks of ``chunk_size`` rows, compiled
+        or not: on two CPU cores the ``laptop`` and ``cpu`` presets' flows mapped 32,768
+        rows eagerly in 3.3 and 5.9 s as one call, 2.0 and 3.8 s in chunks of 8,192
+        (BENCHMARKS.md)."""
+        if not self._latent_split:
             return self.flow.sample(n, generator=generator)
         z = self.flow.sample_latent(n, generator)
         xs, log_qs = [], []
@@ -320,7 +347,23 @@ class FlowCalls:
                 return x, log_q
             except Exception as err:
                 self._fallback("sample", _describe(err))
+        self._count_eager("sample", z.shape[0])
         return self._eager_latent_map(z)
+
+
+def _rows_before_compiling(enabled) -> dict[str, int]:
+    """``FlowCalls``' ``enabled`` as {kind: eager rows before compiling}."""
+    if isinstance(enabled, bool):
+        return dict.fromkeys(KINDS, 0) if enabled else {}
+    if not hasattr(enabled, "items"):
+        raise ValueError(f"enabled must be True, False or a mapping from kind to rows, got {enabled!r}")
+    unknown = set(enabled) - set(KINDS)
+    if unknown:
+        raise ValueError(f"enabled names unknown kinds {sorted(unknown)}; expected some of {KINDS}")
+    for kind, rows in enabled.items():
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 0:
+            raise ValueError(f"enabled[{kind!r}] must be an integer >= 0 (eager rows before compiling), got {rows!r}")
+    return dict(enabled)
 
 
 class _Mismatch(RuntimeError):

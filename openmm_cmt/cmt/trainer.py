@@ -118,11 +118,12 @@ class CMTConfig:
     compile
         ``torch.compile`` the forward-KL step, the buffer's log densities and the
         sampling (:mod:`openmm_cmt.cmt.compiled`): True, False or ``"auto"``: on CUDA
-        for runs of at least ``AUTO_COMPILE_MIN_GRAD_STEPS`` gradient steps, and on CPU
-        with a C++ compiler for runs of at least ``AUTO_COMPILE_MIN_GRAD_STEPS_CPU``,
-        so that compiling pays off. On a 2-core machine Inductor (torch 2.9) made an
-        annealing step about 1.5x faster and compiling cost 3-5 minutes once
-        (BENCHMARKS.md), which a run of the laptop preset's 5,000 gradient steps repays.
+        all three for runs of at least ``AUTO_COMPILE_MIN_GRAD_STEPS`` gradient steps;
+        on CPU with a C++ compiler each where it pays for its compilation (about a
+        minute each on two cores, BENCHMARKS.md): the forward-KL step for runs of at
+        least ``AUTO_COMPILE_MIN_GRAD_STEPS_CPU`` gradient steps, sampling for runs
+        that draw at least ``AUTO_COMPILE_MIN_SAMPLES_CPU`` samples, and the buffer's
+        log densities once ``AUTO_COMPILE_LOG_PROB_ROWS_CPU`` rows have run eagerly.
     compile_mode
         ``"default"``, or ``"reduce-overhead"`` to replay the compiled calls as CUDA
         graphs on CUDA (no effect on a CPU; :mod:`openmm_cmt.cmt.compiled`).
@@ -215,6 +216,15 @@ class CMTConfig:
 AUTO_COMPILE_MIN_GRAD_STEPS = 2000
 #: The same on CPU, where compiling takes minutes and gains less.
 AUTO_COMPILE_MIN_GRAD_STEPS_CPU = 4000
+#: On CPU, ``"auto"`` compiles sampling for runs that draw at least this many samples:
+#: on two cores compiled sampling repaid its 35-45 s of compiling after 1.2M (the
+#: ``cpu`` preset's flow) to 3.0M samples (the ``laptop`` one's), BENCHMARKS.md.
+AUTO_COMPILE_MIN_SAMPLES_CPU = 3_000_000
+#: On CPU, ``"auto"`` compiles the buffer's log densities once this many rows have run
+#: eagerly (rent or buy): they are needed only while the trust region binds, for a
+#: number of steps not known in advance, and compiling them repaid its 26-33 s after
+#: 1.1M-2.0M rows on two cores.
+AUTO_COMPILE_LOG_PROB_ROWS_CPU = 1_000_000
 
 #: Keys of a record's ``phase_s``: seconds spent drawing samples, evaluating the target,
 #: choosing the next density, updating and reweighting the buffer, fitting the flow,
@@ -272,7 +282,7 @@ class CMTTrainer:
         self.optimizer = make_optimizer(params, config)
         self.total_grad_steps = config.n_steps * config.grad_steps_per_step
         self.buffer = ReplayBuffer(len(self._shard(config.buffer_size)))
-        self.calls = FlowCalls(flow, self._compile_enabled(), len(self._shard(config.batch_size)),
+        self.calls = FlowCalls(flow, self._compile_plan(), len(self._shard(config.batch_size)),
                                mode=config.compile_mode, tilt=config.fit_order - 1.0)
         self._phase = dict.fromkeys(PHASES, 0.0)
         self.step_index = 0
@@ -286,13 +296,24 @@ class CMTTrainer:
         self._optimised = [p.detach().clone() for p in self.calls.params] if config.ema_decay > 0 else None
         self._average: list[torch.Tensor] | None = None
 
-    def _compile_enabled(self) -> bool:
+    def _compile_plan(self) -> bool | dict[str, int]:
+        """``FlowCalls``' ``enabled``: what to compile, and when (``CMTConfig.compile``)."""
         c = self.config
         if c.compile != "auto":
             return bool(c.compile)
         device = self._device()
-        minimum = {"cuda": AUTO_COMPILE_MIN_GRAD_STEPS, "cpu": AUTO_COMPILE_MIN_GRAD_STEPS_CPU}.get(device.type)
-        return minimum is not None and compile_available(device) and self.total_grad_steps >= minimum
+        if not compile_available(device):
+            return False
+        if device.type == "cuda":
+            return self.total_grad_steps >= AUTO_COMPILE_MIN_GRAD_STEPS
+        if device.type != "cpu":
+            return False
+        plan = {"log_prob": AUTO_COMPILE_LOG_PROB_ROWS_CPU}
+        if self.total_grad_steps >= AUTO_COMPILE_MIN_GRAD_STEPS_CPU:
+            plan["loss"] = 0
+        if c.n_steps * c.samples_per_step >= AUTO_COMPILE_MIN_SAMPLES_CPU:
+            plan["sample"] = 0
+        return plan
 
     def _device(self) -> torch.device:
         return next((p.device for p in self.flow.parameters()), torch.device("cpu"))
