@@ -25,8 +25,9 @@
   budget of 55 minutes (``max_minutes``), which shortens the run to the steps that fit,
   its learning-rate schedule ending on the last. 2-core VMs differ 1.7x in speed:
   on the faster ones all 300 steps fit (about 50 minutes; reverse ESS median
-  0.913-0.914 over seeds 0-1, Pareto k 0.34); on a slower one the budget gave 179 steps
-  (seed 2: median 0.884, minimum 0.879, k 0.36; 51 minutes with the evaluation).
+  0.913-0.914 over seeds 0-1, Pareto k 0.34); on a middling one 268 steps (seed 2:
+  median 0.906, minimum 0.896, k 0.36; 54 minutes with the evaluation); on a slower one
+  the budget gave 179 steps (seed 2: median 0.884, minimum 0.879, k 0.36; 51 minutes).
   Without a budget, 200 steps gave 0.889-0.896 over seeds 0-2 (34-58 minutes) and 100
   steps 0.831-0.849; with 100 steps, twice the fit steps (seed 0) gave 0.884, ten
   layers 0.813-0.821 and 20 layers (seed 0) 0.856.
