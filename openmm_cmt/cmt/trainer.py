@@ -306,8 +306,6 @@ class CMTTrainer:
             return False
         if device.type == "cuda":
             return self.total_grad_steps >= AUTO_COMPILE_MIN_GRAD_STEPS
-        if device.type != "cpu":
-            return False
         plan = {"log_prob": AUTO_COMPILE_LOG_PROB_ROWS_CPU}
         if self.total_grad_steps >= AUTO_COMPILE_MIN_GRAD_STEPS_CPU:
             plan["loss"] = 0
