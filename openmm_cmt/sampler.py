@@ -146,14 +146,15 @@ class BoltzmannGeneratorSampler:
     molsys
         the molecule (``openmm_cmt.systems.MolecularSystem``).
     config
-        a ``TrainConfig`` or a preset name (``laptop``, ``gpu``, ``paper``).
+        a ``TrainConfig`` or a preset name (``laptop``, ``cpu``, ``gpu``, ``paper``),
+        taken for the molecule's size (``openmm_cmt.presets.preset`` with its ``dim``).
     """
 
     def __init__(self, molsys: MolecularSystem, config: TrainConfig | str = "laptop"):
         from openmm_cmt.flows import Generator
 
         self.molsys = molsys
-        self.config = preset(config) if isinstance(config, str) else config
+        self.config = preset(config, dim=molsys.dim) if isinstance(config, str) else config
         _check_clashes(molsys)
         self.device = _resolve_device(self.config.device)
         self.generator = Generator.from_system(molsys, self.config.generator_config()).to(self.device)
@@ -270,9 +271,10 @@ class BoltzmannGeneratorSampler:
             a wall-time budget for this call (default: the config's ``max_minutes``).
             Once step times are known (timed after the steps that compile the flow
             calls and fill the replay buffer), a run that would not finish this call's
-            steps in time is shortened to the steps that fit (``CMTTrainer.shorten``),
-            so that its learning-rate schedule still ends on its last step; it also
-            stops at the deadline. How many steps fit depends on the machine; the saved
+            steps in time is shortened to the steps that fit (``CMTTrainer.retime``),
+            so that its learning-rate schedule still ends on its last step, and
+            lengthened again (up to those steps) when later steps run faster; the rate
+            only falls either way. It also stops at the deadline. How many steps fit depends on the machine; the saved
             config records the length the run ended with.
 
         Returns
@@ -281,7 +283,7 @@ class BoltzmannGeneratorSampler:
             The history: one record per annealing step.
         """
         if config is not None and self.trainer is None:
-            new = preset(config) if isinstance(config, str) else config
+            new = preset(config, dim=self.molsys.dim) if isinstance(config, str) else config
             if new.generator != self.config.generator:
                 raise ValueError("config changes the generator architecture; build a new sampler for it")
             self.config = new
@@ -303,11 +305,12 @@ class BoltzmannGeneratorSampler:
         fill = math.ceil(trainer.config.buffer_size / trainer.config.samples_per_step)
         budget = None if max_minutes is None else TimeBudget(60.0 * max_minutes, warmup_steps=max(2, fill + 1))
         reporter = _Progress(total, enabled=progress and is_main(), budget=budget)
+        planned = min(total, trainer.config.n_steps)  # the budget may shorten the run, and lengthen it back to this
 
         def after_step(_trainer, record):
             stop = any_process(any(bool(cb(self, record)) for cb in callbacks))
             if budget is not None:
-                stop = self._fit_budget(budget, total, reporter) or stop
+                stop = self._fit_budget(budget, planned, reporter) or stop
             if checkpoint_dir is not None and every and _trainer.step_index % every == 0:
                 start = time.perf_counter()
                 self._checkpoint(checkpoint_dir, final=False)
@@ -327,11 +330,13 @@ class BoltzmannGeneratorSampler:
             _warn_if_not_annealed(trainer.history)
         return trainer.history
 
-    def _fit_budget(self, budget: TimeBudget, goal: int, reporter: "_Progress") -> bool:
-        """After a step: if fewer steps than ``goal`` (this call's last) still fit in
-        ``budget``, make the run that long (rank 0's estimate, so that all processes keep
-        one schedule). A run is never lengthened again: its learning rate only falls.
-        True to stop."""
+    def _fit_budget(self, budget: TimeBudget, planned: int, reporter: "_Progress") -> bool:
+        """After a step: if fewer steps than ``planned`` (this call's last) still fit in
+        ``budget``, make the run that long, from rank 0's estimate so that all processes
+        keep one schedule. ``CMTTrainer.retime`` keeps the learning rate continuous and
+        falling when the length changes either way, so a run shortened while its steps
+        were slow takes back (up to ``planned``) the steps that later, faster ones make
+        room for. True to stop."""
         from openmm_cmt.cmt.distributed import active, all_reduce_sum, is_main
 
         left = budget.step_done()
@@ -342,10 +347,11 @@ class BoltzmannGeneratorSampler:
         if left is None:
             return False
         trainer = self.trainer
-        length = max(1, trainer.step_index, min(goal, trainer.step_index + left))
-        if length >= min(goal, trainer.config.n_steps):
+        length = max(1, trainer.step_index, min(planned, trainer.step_index + left))
+        if (length == trainer.config.n_steps or (length == planned and trainer.config.n_steps > planned)
+                or trainer.step_index >= trainer.config.n_steps):  # a finished schedule stays finished
             return left == 0
-        trainer.shorten(length)
+        trainer.retime(length)
         self.config.cmt.update(n_steps=trainer.config.n_steps, n_geometric=trainer.config.n_geometric)
         reporter.total = trainer.config.n_steps
         if left > 0 and reporter.enabled and not reporter.shortened:

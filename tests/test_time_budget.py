@@ -1,4 +1,4 @@
-"""A wall-time budget shortens a run so that its learning-rate schedule still ends."""
+"""A wall-time budget sets a run's length so that its learning-rate schedule still ends."""
 
 import io
 import math
@@ -69,19 +69,27 @@ def _config(**kw):
                      lr=0.01, lr_schedule="cosine", seed=2, **kw)
 
 
-def test_shortened_run_ends_its_cosine_schedule_on_its_last_step_and_resumes_alike():
+def _cosine(k0, p0, k_end, k):
+    """The retimed schedule's rate at optimiser step k (lr 0.01)."""
+    return 0.005 * (1 + math.cos(math.pi * (p0 + (1 - p0) * (k - k0) / (k_end - k0))))
+
+
+def test_a_retimed_run_ends_its_cosine_schedule_on_its_last_step_without_a_jump_and_resumes_alike():
     trainer = CMTTrainer(small_flow(), gmm40().target(), _config())
     used = learning_rates_used(trainer)
     trainer.run(2)
-    trainer.shorten(3)
+    trainer.retime(3)  # shorter: the rest of the schedule is squeezed into one step
     assert trainer.config.n_steps == 3 and trainer.total_grad_steps == 15
     assert trainer.run() is trainer.history and len(trainer.history) == 3
     assert used[:10] == pytest.approx([0.005 * (1 + math.cos(math.pi * k / 30)) for k in range(10)])
-    assert used[10:] == pytest.approx([0.005 * (1 + math.cos(math.pi * k / 15)) for k in range(10, 15)])
-    assert used[-1] < 0.01 * 0.02  # the last optimiser step runs near the end of the schedule
-    for bad in (2, 3, 0):  # fewer than the steps taken, not fewer than the run, no steps at all
-        with pytest.raises(ValueError, match="shorten needs a length"):
-            trainer.shorten(bad)
+    assert used[10:] == pytest.approx([_cosine(10, 1 / 3, 15, k) for k in range(10, 15)])
+    assert used[-1] < 0.01 * 0.05  # the last optimiser step runs near the end of the schedule
+    assert all(a > b for a, b in zip(used, used[1:]))  # no jump: the rate only falls
+    for bad in (2, 0, 1.5, True):  # fewer than the steps taken, no steps at all, not a whole number
+        with pytest.raises(ValueError, match="retime needs a whole number"):
+            trainer.retime(bad)
+    trainer.retime(3)  # its own length: nothing changes
+    assert trainer.learning_rate(15) == pytest.approx(0.0)
 
     blob = io.BytesIO()
     torch.save(trainer.state_dict(), blob)
@@ -92,9 +100,44 @@ def test_shortened_run_ends_its_cosine_schedule_on_its_last_step_and_resumes_ali
     assert resumed.run() is resumed.history and len(resumed.history) == 3  # nothing left to do
 
 
+def test_a_run_retimed_longer_goes_on_falling_and_a_resumed_one_falls_alike():
+    trainer = CMTTrainer(small_flow(), gmm40().target(), _config())
+    used = learning_rates_used(trainer)
+    trainer.run(2)
+    trainer.retime(3)
+    trainer.run()
+    trainer.retime(5)  # after the schedule's end: steps added there do not restart it
+    trainer.run()
+    assert len(trainer.history) == 5 and trainer.total_grad_steps == 25
+    assert used[15:] == pytest.approx([0.0] * 10)
+
+    trainer = CMTTrainer(small_flow(), gmm40().target(), _config())
+    used = learning_rates_used(trainer)
+    trainer.run(2)
+    trainer.retime(4)
+    trainer.run(3)
+    trainer.retime(6)  # back to the run's own length, from where the schedule stands
+    p0 = 1 / 3 + (2 / 3) * 5 / 10
+    blob = io.BytesIO()
+    torch.save(trainer.state_dict(), blob)
+    trainer.run()
+    assert used[:10] == pytest.approx([_cosine(0, 0, 30, k) for k in range(10)])
+    assert used[10:15] == pytest.approx([_cosine(10, 1 / 3, 20, k) for k in range(10, 15)])
+    assert used[15:] == pytest.approx([_cosine(15, p0, 30, k) for k in range(15, 30)])
+    assert all(a > b for a, b in zip(used, used[1:]))
+
+    blob.seek(0)
+    resumed = CMTTrainer(small_flow(seed=7), gmm40().target(), _config())
+    resumed.load_state_dict(torch.load(blob, weights_only=True))
+    resumed_used = learning_rates_used(resumed)
+    resumed.run()
+    assert resumed_used == pytest.approx(used[15:])
+    assert [r["loss"] for r in resumed.history] == [r["loss"] for r in trainer.history]
+
+
 def test_a_callback_that_shortens_the_run_ends_it_there():
     trainer = CMTTrainer(small_flow(), gmm40().target(), _config())
-    trainer.run(callback=lambda t, record: t.shorten(2) if t.step_index == 1 else None)
+    trainer.run(callback=lambda t, record: t.retime(2) if t.step_index == 1 else None)
     assert trainer.step_index == 2 and trainer.history[-1]["step"] == 1
 
 
@@ -204,15 +247,17 @@ def _budgeted(monkeypatch, n_steps, seconds, durations):
     return sampler, lengths, clock.t - (start + seconds)
 
 
-def test_a_shortened_run_is_never_lengthened_so_its_learning_rate_only_falls(monkeypatch):
+def test_a_run_shortened_while_its_steps_were_slow_takes_back_the_steps_faster_ones_make_room_for(monkeypatch):
     # 40 s: at 4 s a step the run is cut to 10 steps after the 6th (three of warm-up,
-    # three timed); steps of 0.5 s after the 8th would leave room for more, but the run
-    # keeps its 10
-    sampler, lengths, _ = _budgeted(monkeypatch, 30, 40.0, lambda k: 4.0 if k <= 8 else 0.5)
-    assert lengths[:6] == [30] * 6 and lengths[6:] == [10] * 4
-    assert len(sampler.history) == sampler.trainer.config.n_steps == sampler.config.cmt["n_steps"] == 10
+    # three timed); from the 9th on steps take 0.5 s, so the 7.5 s left then hold 15
+    # more: the run grows to 24 steps and ends at the deadline, its rate only falling
+    sampler, lengths, overrun = _budgeted(monkeypatch, 30, 40.0, lambda k: 4.0 if k <= 8 else 0.5)
+    assert lengths[:6] == [30] * 6 and lengths[6:9] == [10] * 3 and lengths[9:] == [24] * 15
+    assert len(sampler.history) == sampler.trainer.config.n_steps == sampler.config.cmt["n_steps"] == 24
+    assert -0.5 < overrun <= 0.5
     rates = [record["lr"] for record in sampler.history]
-    assert all(a >= b for a, b in zip(rates, rates[1:]))
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert sampler.trainer.learning_rate(sampler.trainer.grad_step_index) == pytest.approx(0.0)
 
 
 def test_uneven_steps_shorten_the_run_a_little_at_a_time_and_end_it_at_the_deadline(monkeypatch):

@@ -287,6 +287,9 @@ class CMTTrainer:
         self._phase = dict.fromkeys(PHASES, 0.0)
         self.step_index = 0
         self.grad_step_index = 0
+        # (optimiser step, schedule progress) from which the cosine schedule runs on to
+        # the run's end: (0, 0) until ``retime`` changes a run's length mid-schedule.
+        self._lr_anchor = (0, 0.0)
         self.n_evaluations = 0
         self.wall_s = 0.0
         self.history: list[dict] = []
@@ -546,40 +549,56 @@ class CMTTrainer:
     def learning_rate(self, grad_step: int) -> float:
         r"""The learning rate of optimiser step ``grad_step`` (counted from 0 over the run).
 
-        ``constant``: ``lr``. ``cosine``: :math:`\tfrac12\,\mathrm{lr}\,(1 + \cos(\pi
-        \min(k, K)/K))` over the run's :math:`K` = ``n_steps * grad_steps_per_step``
-        optimiser steps, zero from step :math:`K` on. A pure function of the step, so that
-        a resumed or extended run needs no scheduler state.
+        ``constant``: ``lr``. ``cosine``: :math:`\tfrac12\,\mathrm{lr}\,(1 + \cos \pi p)`,
+        where the schedule's progress :math:`p` runs linearly from 0 at the first
+        optimiser step to 1 at the run's last, :math:`K` = ``n_steps * grad_steps_per_step``,
+        and stays 1 (rate zero) after it. A run whose length ``retime`` changed runs from
+        its progress :math:`p_0` at that optimiser step :math:`k_0` linearly to 1 at the
+        new end: :math:`p = p_0 + (1 - p_0)(k - k_0)/(K - k_0)`. The rate is a function of
+        the step and of :math:`(k_0, p_0)`, which checkpoints keep.
         """
         if self.config.lr_schedule == "constant":
             return self.config.lr
-        progress = min(grad_step, self.total_grad_steps) / self.total_grad_steps
-        return 0.5 * self.config.lr * (1.0 + math.cos(math.pi * progress))
+        return 0.5 * self.config.lr * (1.0 + math.cos(math.pi * self._progress(grad_step)))
+
+    def _progress(self, grad_step: int) -> float:
+        start, done = self._lr_anchor
+        span = self.total_grad_steps - start
+        if span <= 0:
+            return 1.0
+        return done + (1.0 - done) * (min(max(grad_step, start), self.total_grad_steps) - start) / span
 
     def extend(self, n_steps: int) -> None:
-        """Make the run ``n_steps`` annealing steps long (more than ``config.n_steps``).
+        """Make the run ``n_steps`` annealing steps long (more than ``config.n_steps``),
+        as resuming a finished run for more steps does.
 
-        The cosine learning-rate schedule then spans the longer run, so the steps added
-        train at the rate that schedule gives them rather than at the zero the shorter
-        one ends on; steps already taken keep the rates they had. A geometric-linear
-        schedule keeps its length (``n_geometric`` is pinned to the old ``n_steps``).
+        The cosine learning-rate schedule then spans the whole longer run from its
+        start, so the steps added train at the rate that schedule gives them rather than
+        at the zero the shorter one ends on (the rate rises again); steps already taken
+        keep the rates they had. A geometric-linear schedule keeps its length
+        (``n_geometric`` is pinned to the old ``n_steps``).
         """
         if n_steps <= self.config.n_steps:
             raise ValueError(f"extend needs more than the run's {self.config.n_steps} annealing steps, got {n_steps}")
+        self._lr_anchor = (0, 0.0)
         self._set_length(n_steps)
 
-    def shorten(self, n_steps: int) -> None:
-        """Make the run ``n_steps`` annealing steps long (fewer than ``config.n_steps``,
-        and no fewer than the steps already taken), as a time budget does.
+    def retime(self, n_steps: int) -> None:
+        """Make the run ``n_steps`` annealing steps long (at least one, and no fewer than
+        the steps already taken), as a time budget does, without a jump in the
+        learning rate.
 
-        The cosine learning-rate schedule then ends on the last of those steps, so the
-        run still finishes at a small rate instead of being cut off near its peak; the
-        rate of the next optimiser step drops to what the shorter schedule gives it. A
-        geometric-linear schedule keeps its length, as in ``extend``.
+        The cosine schedule runs on from where it stands now to zero on the last of
+        those steps: the rate stays continuous and only ever falls, whether the run gets
+        shorter (it then falls faster) or longer (slower). A geometric-linear schedule
+        keeps its length, as in ``extend``.
         """
-        if not self.step_index <= n_steps < self.config.n_steps or n_steps < 1:
-            raise ValueError(f"shorten needs a length from max(1, steps taken = {self.step_index}) to fewer than "
-                             f"the run's {self.config.n_steps} annealing steps, got {n_steps}")
+        if isinstance(n_steps, bool) or not isinstance(n_steps, int) or n_steps < max(1, self.step_index):
+            raise ValueError(f"retime needs a whole number of annealing steps from max(1, steps taken = "
+                             f"{self.step_index}) on, got {n_steps!r}")
+        if n_steps == self.config.n_steps:
+            return
+        self._lr_anchor = (self.grad_step_index, self._progress(self.grad_step_index))
         self._set_length(n_steps)
 
     def _set_length(self, n_steps: int) -> None:
@@ -591,7 +610,7 @@ class CMTTrainer:
         """Annealing steps until ``n_steps`` (default ``config.n_steps``) have been taken in
         total (a resumed trainer continues where it stopped); more than ``config.n_steps``
         extends the run (``extend``). ``callback(trainer, record)`` runs after each step;
-        returning True stops early, and a callback that shortens the run (``shorten``)
+        returning True stops early, and a callback that shortens the run (``retime``)
         ends it at the new length. Returns ``history``."""
         n_steps = self.config.n_steps if n_steps is None else n_steps
         if n_steps > self.config.n_steps:
@@ -613,6 +632,7 @@ class CMTTrainer:
             "buffer": self.buffer.state_dict(),
             "step_index": self.step_index,
             "grad_step_index": self.grad_step_index,
+            "lr_anchor": list(self._lr_anchor),
             "n_evaluations": self.n_evaluations,
             "wall_s": self.wall_s,
             "init": list(self._init),
@@ -631,6 +651,8 @@ class CMTTrainer:
         self.buffer.load_state_dict(state["buffer"])
         self.step_index = int(state["step_index"])
         self.grad_step_index = int(state["grad_step_index"])
+        start, done = state.get("lr_anchor", (0, 0.0))  # absent from checkpoints of earlier versions
+        self._lr_anchor = (int(start), float(done))
         self.n_evaluations = int(state["n_evaluations"])
         self.wall_s = float(state["wall_s"])
         self._init = tuple(state["init"])

@@ -198,8 +198,9 @@ def _train(args, out: str) -> int:
                 gen[key] = value
             else:
                 overrides[key] = value
-        config = preset(args.preset or "laptop", cmt=cmt, generator=gen, **overrides)
-        sampler = BoltzmannGeneratorSampler(system_from_args(args), config)
+        molsys = system_from_args(args)
+        config = preset(args.preset or "laptop", dim=molsys.dim, cmt=cmt, generator=gen, **overrides)
+        sampler = BoltzmannGeneratorSampler(molsys, config)
     n_params = sum(p.numel() for p in sampler.generator.parameters())
     say(f"{sampler.molsys.name}: {sampler.molsys.n_atoms} atoms, d={sampler.molsys.dim}, "
           f"{n_params / 1e6:.2f}M flow parameters, device {sampler.device}, preset {sampler.config.preset}")
