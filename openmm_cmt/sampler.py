@@ -274,8 +274,9 @@ class BoltzmannGeneratorSampler:
             steps in time is shortened to the steps that fit (``CMTTrainer.retime``),
             so that its learning-rate schedule still ends on its last step, and
             lengthened again (up to those steps) when later steps run faster; the rate
-            only falls either way. It also stops at the deadline. How many steps fit depends on the machine; the saved
-            config records the length the run ended with.
+            only falls either way. It also stops at the deadline. How many steps fit
+            depends on the machine; the saved config records the length the run ended
+            with.
 
         Returns
         -------
@@ -348,8 +349,9 @@ class BoltzmannGeneratorSampler:
             return False
         trainer = self.trainer
         length = max(1, trainer.step_index, min(planned, trainer.step_index + left))
-        if (length == trainer.config.n_steps or (length == planned and trainer.config.n_steps > planned)
-                or trainer.step_index >= trainer.config.n_steps):  # a finished schedule stays finished
+        if length == planned:  # all this call's steps fit: the run's own length, unless the budget cut it
+            length = max(planned, trainer.config.n_steps)
+        if length == trainer.config.n_steps or trainer.step_index >= trainer.config.n_steps:  # finished stays finished
             return left == 0
         trainer.retime(length)
         self.config.cmt.update(n_steps=trainer.config.n_steps, n_geometric=trainer.config.n_geometric)
