@@ -33,6 +33,9 @@ CAPTIONS = {
     "energy.png": "Energy histograms: generator samples, reweighted, and the reference when there is one.",
     "annealing.png": "Dual variables and the exponents of the annealing path per step.",
     "phases.png": "Seconds spent in each phase of an annealing step.",
+    "basins.png": "Each residue's backbone basins during training: the share of each step's draws "
+                  "(solid) and their reweighted population (dashed), with the reference's (dotted) "
+                  "when there is one. A share that falls to zero marks a basin the generator lost.",
 }
 
 
@@ -223,6 +226,41 @@ def phase_plot(path, history):
     return True
 
 
+def basin_trace_plot(path, history, reference=None):
+    """Per residue, the ``basins`` of the history records (``[share, population]`` of each
+    basin in a step's draws) over the steps, on a log scale; ``reference`` is
+    ``{residue: {basin: population}}``. False when no record has ``basins``."""
+    plt = _pyplot()
+    traced = [h.get("basins") for h in history or []]
+    if plt is None or not any(isinstance(t, dict) and t for t in traced):
+        return False
+    residues = list(next(t for t in traced if isinstance(t, dict) and t))
+    basins = list(next(t for t in traced if isinstance(t, dict) and t)[residues[0]])
+    steps = np.arange(1, len(history) + 1)
+    fig, axes = plt.subplots(1, len(residues), figsize=(3.6 * len(residues), 3.2), squeeze=False, sharey=True)
+    floor = 1e-6  # a share of zero drawn at the bottom edge, not dropped from a log axis
+    for ax, residue in zip(axes[0], residues):
+        for k, basin in enumerate(basins):
+            pair = [t.get(residue, {}).get(basin) if isinstance(t, dict) else None for t in traced]
+            share = np.array([np.nan if v is None else max(v[0], floor) for v in pair])
+            population = np.array([np.nan if v is None else max(v[1], floor) for v in pair])
+            color = f"C{k}"
+            ax.plot(steps, share, color=color, label=f"{basin} share")
+            ax.plot(steps, population, color=color, ls="--", lw=0.8, label=f"{basin} reweighted")
+            ref = (reference or {}).get(residue, {}).get(basin)
+            if ref is not None:
+                ax.axhline(max(ref, floor), color=color, ls=":", lw=1.0)
+        ax.set_yscale("log")
+        ax.set_ylim(floor, 1.5)
+        ax.set_title(residue)
+        ax.set_xlabel("annealing step")
+    axes[0][0].set_ylabel("fraction of the step's draws")
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    _save(fig, path)
+    plt.close(fig)
+    return True
+
+
 def energy_plot(path, energies, log_weights=None, reference=None, unit="kJ/mol"):
     """Energy histograms: flow samples, reweighted flow samples and the reference."""
     plt = _pyplot()
@@ -325,6 +363,9 @@ def write_run_report(out_dir, sampler, m, log_w, energies, angles, residues, ref
         os.path.join(out_dir, "energy.png"), energies, log_w, None if ref is None else np.asarray(ref["energies"])))
     add("annealing.png", annealing_plot(os.path.join(out_dir, "annealing.png"), history))
     add("phases.png", phase_plot(os.path.join(out_dir, "phases.png"), history))
+    reference_basins = {r["residue"]: {b: v["reference"] for b, v in r["basins"].items() if "reference" in v}
+                        for r in m.get("residues") or []}
+    add("basins.png", basin_trace_plot(os.path.join(out_dir, "basins.png"), history, reference_basins))
     note = "" if images else "matplotlib is not installed: plots skipped (pip install 'openmm-cmt[plots]')."
     tables = [basin_table(m["residues"])] if m.get("residues") else []
     path = os.path.join(out_dir, "report.html")

@@ -281,7 +281,10 @@ class BoltzmannGeneratorSampler:
         Returns
         -------
         list of dict
-            The history: one record per annealing step.
+            The history: one record per annealing step. For a peptide each record also
+            has ``basins``: where the step's own draws put each residue's backbone,
+            ``{residue: {basin: [share of the draws, reweighted population]}}``
+            (``metrics.basin_shares``; in a data-parallel job, rank 0's draws).
         """
         if config is not None and self.trainer is None:
             new = preset(config, dim=self.molsys.dim) if isinstance(config, str) else config
@@ -307,8 +310,11 @@ class BoltzmannGeneratorSampler:
         budget = None if max_minutes is None else TimeBudget(60.0 * max_minutes, warmup_steps=max(2, fill + 1))
         reporter = _Progress(total, enabled=progress and is_main(), budget=budget)
         planned = min(total, trainer.config.n_steps)  # the budget may shorten the run, and lengthen it back to this
+        basins = _basin_trace(self.molsys)
 
         def after_step(_trainer, record):
+            if basins is not None and _trainer.last_draws is not None:
+                record["basins"] = basins(*_trainer.last_draws)
             stop = any_process(any(bool(cb(self, record)) for cb in callbacks))
             if budget is not None:
                 stop = self._fit_budget(budget, planned, reporter) or stop
@@ -565,6 +571,27 @@ def _check_clashes(molsys) -> None:
                 f"atoms {'; '.join(pairs[:5])}{more} of {molsys.name} sit at the same place "
                 f"(closer than {CLASH_DISTANCE} nm): fix the structure's coordinates"
             )
+
+
+def _basin_trace(molsys: MolecularSystem) -> Callable | None:
+    """``trace(x, log_q, log_p)``: where a step's draws put each residue's backbone
+    (``metrics.basin_shares``: the model's share of each basin and the reweighted
+    population), or None for a system without a residue that has both phi and psi.
+    A minor basin whose share falls to zero during training is lost for good (no
+    later step draws there to be reweighted), so the trace shows when a collapse began."""
+    from openmm_cmt import metrics
+
+    try:
+        quads = metrics.backbone_dihedral_indices(molsys.topology).reshape(-1, 4)
+        labels = metrics.backbone_residue_labels(molsys.topology)
+    except ValueError:
+        return None
+
+    def trace(x: torch.Tensor, log_q: torch.Tensor, log_p: torch.Tensor) -> dict:
+        angles = metrics.dihedrals(x, quads).reshape(x.shape[0], len(labels), 2)
+        return metrics.basin_shares(angles, labels, (log_p - log_q).detach().cpu().numpy())
+
+    return trace
 
 
 class _Progress:

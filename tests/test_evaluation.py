@@ -341,3 +341,30 @@ def test_peptide_reference_frames_pass_their_own_evaluation(name, tmp_path):
         for basin in metrics.BASINS:
             assert row["basins"][basin]["reference_stderr"] == ladders["basins"][basin]["sem"]
             assert row["basins"][basin]["reference"] == pytest.approx(ladders["basins"][basin]["population"])
+
+
+def test_basin_trace_plot_draws_lost_basins_and_skips_untraced_histories(tmp_path):
+    from openmm_cmt import report
+
+    assert not report.basin_trace_plot(tmp_path / "a.png", phase_history(3))
+    assert not report.basin_trace_plot(tmp_path / "a.png", [])
+    history = [{"step": 0}] + [  # an older record without a trace, then a basin that empties
+        {"step": i, "basins": {"ALA2": {"alpha_R": [0.7, 0.6], "beta/PPII": [0.3 - 0.01 * i, 0.39],
+                                        "alpha_L/C7ax": [0.01 * i if i < 3 else 0.0, 0.01]},
+                               "ALA3": {"alpha_R": [0.5, 0.5], "beta/PPII": [0.5, 0.5], "alpha_L/C7ax": [0.0, 0.0]}}}
+        for i in range(1, 6)]
+    reference = {"ALA2": {"alpha_R": 0.6, "beta/PPII": 0.38, "alpha_L/C7ax": 0.02}}
+    assert report.basin_trace_plot(tmp_path / "b.png", history, reference)
+    assert (tmp_path / "b.png").stat().st_size > 1000
+
+
+def test_report_of_a_traced_training_shows_the_basin_trace(aldp, tmp_path):
+    molsys, ref, _ = aldp
+    history = phase_history(3)
+    for record in history:
+        record["basins"] = {"ALA2": {"alpha_R": [0.2, 0.1], "beta/PPII": [0.79, 0.89], "alpha_L/C7ax": [0.01, 0.01]}}
+    evaluate(FrameSampler(molsys, ref["frames"], ref["energies"], history=history), tmp_path, n_samples=2000,
+             n_draws=2)
+    page = (tmp_path / "report.html").read_text()
+    assert 'alt="basins.png"' in page and (tmp_path / "basins.png").stat().st_size > 1000
+    assert json.loads((tmp_path / "history.json").read_text())[-1]["basins"] == history[-1]["basins"]

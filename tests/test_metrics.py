@@ -111,3 +111,28 @@ def test_energy_distances_by_hand_and_scipy():
     assert wasserstein_1d(u, v, wu, wv) == pytest.approx(stats.wasserstein_distance(u, v, wu, wv), rel=1e-10)
     with pytest.raises(ValueError, match="finite"):
         energy_histogram_distance([0.0, np.inf], [1.0])
+
+
+def test_basin_shares_count_the_draws_and_reweight_them():
+    from openmm_cmt.metrics import basin_shares
+
+    deg = np.deg2rad
+    # residue A: alpha_R, alpha_R, beta, alpha_L; residue B: beta everywhere
+    angles = np.array([[[deg(-60), deg(-40)], [deg(-170), deg(170)]],
+                       [[deg(-70), deg(-30)], [deg(-80), deg(150)]],
+                       [[deg(-120), deg(130)], [deg(-150), deg(-150)]],
+                       [[deg(60), deg(40)], [deg(-60), deg(120)]]])
+    log_w = np.log([1.0, 1.0, 2.0, 4.0])
+    out = basin_shares(angles, ["A", "B"], log_w)
+    assert out["A"] == {"alpha_R": [0.5, pytest.approx(0.25)], "beta/PPII": [0.25, pytest.approx(0.25)],
+                        "alpha_L/C7ax": [0.25, pytest.approx(0.5)]}
+    assert out["B"]["beta/PPII"] == [1.0, pytest.approx(1.0)] and out["B"]["alpha_L/C7ax"] == [0.0, 0.0]
+    # a sample of zero weight still counts as drawn, but not in the reweighted population
+    out = basin_shares(angles, ["A", "B"], np.log([1.0, 1.0, 2.0, 0.0]))
+    assert out["A"]["alpha_L/C7ax"] == [0.25, 0.0] and out["A"]["beta/PPII"][1] == pytest.approx(0.5)
+    with pytest.raises(ValueError, match=r"shape \[N > 0, 3 residues, 2\]"):
+        basin_shares(angles, ["A", "B", "C"], log_w)
+    with pytest.raises(ValueError, match="one entry per sample"):
+        basin_shares(angles, ["A", "B"], log_w[:3])
+    with pytest.raises(ValueError, match="NaN"):
+        basin_shares(angles, ["A", "B"], np.array([0.0, np.nan, 0.0, 0.0]))

@@ -205,3 +205,40 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     (run / "checkpoint.pt").write_bytes(b"garbage")
     assert main(["evaluate", str(run)]) == 2
     assert "openmm-cmt evaluate: error:" in capsys.readouterr().err
+
+
+def test_every_step_records_where_its_draws_put_the_backbone(trained):
+    from openmm_cmt import metrics
+
+    sampler, out = trained
+    for record in sampler.history:
+        (label,) = record["basins"]
+        assert label == "ALA2" and set(record["basins"][label]) == set(metrics.BASINS)
+        shares, populations = zip(*record["basins"][label].values())
+        assert sum(shares) == pytest.approx(1.0) and sum(populations) == pytest.approx(1.0)
+    # the last record describes the last step's own draws, unweighted and reweighted
+    x, log_q, log_p = sampler.trainer.last_draws
+    assert x.shape == (sampler.config.cmt["samples_per_step"], 22, 3)
+    angles = metrics.phi_psi(x, sampler.molsys.topology, per_residue=True)
+    expected = metrics.basin_shares(angles, ["ALA2"], (log_p - log_q).numpy())
+    assert sampler.history[-1]["basins"] == expected
+    assert BoltzmannGeneratorSampler.load(out).history[-1]["basins"] == expected  # kept in the checkpoint
+
+
+def test_a_system_without_a_backbone_has_no_basin_trace():
+    import openmm
+    import openmm.app as app
+    from openmm import unit
+
+    from openmm_cmt.sampler import _basin_trace
+    from openmm_cmt.systems import MolecularSystem
+
+    topology = app.Topology()
+    residue = topology.addResidue("MOL", topology.addChain())
+    for i in range(4):
+        topology.addAtom(f"C{i}", app.Element.getBySymbol("C"), residue)
+    system = openmm.System()
+    for _ in range(4):
+        system.addParticle(12.0 * unit.amu)
+    positions = np.array([[0, 0, 0], [0.15, 0, 0], [0.2, 0.14, 0], [0.35, 0.15, 0.05]], dtype=float)
+    assert _basin_trace(MolecularSystem("four", topology, system, positions, 300.0)) is None

@@ -293,6 +293,9 @@ class CMTTrainer:
         self.n_evaluations = 0
         self.wall_s = 0.0
         self.history: list[dict] = []
+        # The last step's own draws (x, log q_gen, log p~) on this process, for callbacks
+        # that look at where the model puts its mass (the sampler's basin trace).
+        self.last_draws: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         self._init = (1.0, 1.0)
         # With averaging, the flow holds the averaged parameters outside the fit and
         # ``_optimised`` the optimiser's own (the Adam state belongs to those).
@@ -389,6 +392,7 @@ class CMTTrainer:
         log_q_gen = log_q_gen.detach().to(torch.float64)
         if not torch.isfinite(log_q_gen).all():
             raise ValueError("the flow returned non-finite log densities for its own samples")
+        self.last_draws = (x.detach(), log_q_gen, log_p)
         with self._timing("dual"):
             all_q, all_p = self._gather_fresh(log_q_gen, log_p)
             # How far the current flow is from the target itself, on samples already paid for.
@@ -485,6 +489,7 @@ class CMTTrainer:
             log_p = self._log_p(x)
             log_q = log_q.to(torch.float64)
             if solution is None:
+                self.last_draws = (x.detach(), log_q.detach(), log_p.detach())
                 # Diagnostics of the model at the start of the step, on samples already paid for.
                 with self._timing("dual"):
                     solution = annealing_step(*self._gather_fresh(log_q.detach(), log_p.detach()), 0.0, 1.0)

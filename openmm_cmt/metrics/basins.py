@@ -129,6 +129,36 @@ def basin_populations(phi, psi, log_w=None) -> dict[str, BasinPopulation]:
     return out
 
 
+def basin_shares(angles, labels, log_w) -> dict[str, dict[str, list[float]]]:
+    """Where a batch of model samples puts each residue's backbone, unweighted and
+    reweighted: ``{label: {basin: [share, population]}}``.
+
+    ``share`` is the fraction of the samples in the basin (the model's own mass there);
+    ``population`` the self-normalised reweighted estimate of the target's mass (weights
+    ``log_w``). A basin the model is losing shows as a share falling to zero, while the
+    population still estimates the target's mass only where the share is not zero: the
+    pair tells a shrinking basin from a basin the target itself leaves.
+
+    Parameters
+    ----------
+    angles : array [N, R, 2]
+        (phi, psi) in radians of R residues (``phi_psi(..., per_residue=True)``).
+    labels : sequence of str
+        R residue labels.
+    log_w : array [N]
+        log importance weights of the samples for the target.
+    """
+    a = np.asarray(angles, dtype=np.float64)
+    if a.ndim != 3 or a.shape[2] != 2 or a.shape[1] != len(labels) or a.shape[0] == 0:
+        raise ValueError(f"angles must have shape [N > 0, {len(labels)} residues, 2], got {a.shape}")
+    w = normalised_weights(log_w, a.shape[0])
+    out = {}
+    for r, label in enumerate(labels):
+        idx = basin_index(a[:, r, 0], a[:, r, 1])
+        out[label] = {name: [float(np.mean(idx == b)), float(np.sum(w[idx == b]))] for b, name in enumerate(BASINS)}
+    return out
+
+
 def mode_collapse(reference: dict, generator: dict, min_mass: float = COLLAPSE_MIN_MASS,
                   min_ratio: float = COLLAPSE_MIN_RATIO) -> list[dict]:
     """Basins that the generator misses.
