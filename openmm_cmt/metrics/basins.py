@@ -134,10 +134,10 @@ def basin_shares(angles, labels, log_w) -> dict[str, dict[str, list[float]]]:
     reweighted: ``{label: {basin: [share, population]}}``.
 
     ``share`` is the fraction of the samples in the basin (the model's own mass there);
-    ``population`` the self-normalised reweighted estimate of the target's mass (weights
-    ``log_w``). A basin the model is losing shows as a share falling to zero, while the
-    population still estimates the target's mass only where the share is not zero: the
-    pair tells a shrinking basin from a basin the target itself leaves.
+    ``population`` the self-normalised reweighted estimate of the target's mass there
+    (weights ``log_w``), as reliable as the share is far from zero. While a model
+    anneals towards the target, a minor basin's share falls towards the target's
+    population; a share that falls on towards zero is a basin being lost.
 
     Parameters
     ----------
