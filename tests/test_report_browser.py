@@ -23,7 +23,7 @@ from openmm_cmt.sampler import BoltzmannGeneratorSampler
 INSTALL_HINT = ("chromium is needed to check report.html in a browser and was not found on PATH; "
                 "install it with `apt-get install -y chromium` (Debian/Ubuntu; .ci/run does this in CI)")
 TIMEOUT_S = 60.0
-FIGURES = ("ess", "weights", "ramachandran", "energy", "annealing", "phases")
+FIGURES = ("ess", "weights", "ramachandran", "energy", "annealing", "phases", "basins")
 
 
 class Chromium:
