@@ -234,8 +234,9 @@ def basin_trace_plot(path, history, reference=None):
     traced = [h.get("basins") for h in history or []]
     if plt is None or not any(isinstance(t, dict) and t for t in traced):
         return False
-    residues = list(next(t for t in traced if isinstance(t, dict) and t))
-    basins = list(next(t for t in traced if isinstance(t, dict) and t)[residues[0]])
+    first = next(t for t in traced if isinstance(t, dict) and t)
+    residues = list(first)
+    basins = list(first[residues[0]])
     steps = np.arange(1, len(history) + 1)
     fig, axes = plt.subplots(1, len(residues), figsize=(3.6 * len(residues), 3.2), squeeze=False, sharey=True)
     floor = 1e-6  # a share of zero drawn at the bottom edge, not dropped from a log axis
