@@ -60,6 +60,17 @@ class AnnealingIncompleteWarning(UserWarning):
     """Training ended before the annealing reached the target (beta = 1)."""
 
 
+class FewEffectiveSamplesWarning(UserWarning):
+    """Annealing steps whose importance weights rest on too few effective samples."""
+
+
+#: An annealing step's weights (q_{i+1} / q_i on its fresh draws) with fewer effective
+#: samples than this leave the dual's KL and entropy estimates and the fit to a handful
+#: of draws; ``FEW_EFFECTIVE_STEPS`` such steps in a row warn (``FewEffectiveSamplesWarning``).
+MIN_EFFECTIVE_SAMPLES = 100
+FEW_EFFECTIVE_STEPS = 5
+
+
 def _warn_if_not_annealed(history: list[dict]) -> None:
     """Warn when the last step's density is not the target yet (a step at the target has
     alpha = 0 and beta = 1). The weights of ``sample`` still target the Boltzmann
@@ -73,6 +84,25 @@ def _warn_if_not_annealed(history: list[dict]) -> None:
             "short of the target (beta = 1, alpha = 0): the generator is fitted to a tempered density, so "
             "expect a lower ESS. Train more steps (openmm-cmt train --resume --steps N) or anneal faster "
             "(a larger cmt.eps_ent).", AnnealingIncompleteWarning, stacklevel=3)
+
+
+def _few_effective_samples(history: list[dict], samples_per_step: int) -> str | None:
+    """A warning's text when each of the last ``FEW_EFFECTIVE_STEPS`` steps had fewer than
+    ``MIN_EFFECTIVE_SAMPLES`` effective samples (its ESS fraction ``ess`` times
+    ``samples_per_step``), else None."""
+    recent = history[-FEW_EFFECTIVE_STEPS:]
+    if len(recent) < FEW_EFFECTIVE_STEPS:
+        return None
+    counts = [r["ess"] * samples_per_step for r in recent]
+    if not all(c < MIN_EFFECTIVE_SAMPLES for c in counts):  # a NaN count never warns
+        return None
+    return (
+        f"the last {FEW_EFFECTIVE_STEPS} annealing steps' weights rest on {min(counts):.0f}-{max(counts):.0f} "
+        f"effective samples of {samples_per_step} (fewer than {MIN_EFFECTIVE_SAMPLES}): the dual's KL and entropy "
+        "estimates, and so each step's target and the fit to it, follow a handful of draws. Take smaller "
+        "steps (cmt.eps_tr, cmt.eps_ent: each step's ESS falls steeply as they grow) or draw more samples per "
+        "step (cmt.samples_per_step)."
+    )
 
 
 @dataclasses.dataclass
@@ -285,6 +315,14 @@ class BoltzmannGeneratorSampler:
             has ``basins``: where the step's own draws put each residue's backbone,
             ``{residue: {basin: [share of the draws, reweighted population]}}``
             (``metrics.basin_shares``; in a data-parallel job, rank 0's draws).
+
+        Warns
+        -----
+        FewEffectiveSamplesWarning
+            once, when ``FEW_EFFECTIVE_STEPS`` steps in a row had fewer than
+            ``MIN_EFFECTIVE_SAMPLES`` effective samples (steps too large for their draws).
+        AnnealingIncompleteWarning
+            when the last step has not reached the target (beta = 1).
         """
         if config is not None and self.trainer is None:
             new = preset(config, dim=self.molsys.dim) if isinstance(config, str) else config
@@ -311,10 +349,17 @@ class BoltzmannGeneratorSampler:
         reporter = _Progress(total, enabled=progress and is_main(), budget=budget)
         planned = min(total, trainer.config.n_steps)  # the budget may shorten the run, and lengthen it back to this
         basins = _basin_trace(self.molsys)
+        warned_few = False
 
         def after_step(_trainer, record):
+            nonlocal warned_few
             if basins is not None and _trainer.last_draws is not None:
                 record["basins"] = basins(*_trainer.last_draws)
+            if not warned_few and is_main():
+                few = _few_effective_samples(_trainer.history, _trainer.config.samples_per_step)
+                if few is not None:
+                    warned_few = True
+                    warnings.warn(few, FewEffectiveSamplesWarning, stacklevel=2)
             stop = any_process(any(bool(cb(self, record)) for cb in callbacks))
             if budget is not None:
                 stop = self._fit_budget(budget, planned, reporter) or stop
@@ -619,7 +664,7 @@ class _Progress:
         filled = int(width * done / max(self.total, 1))
         line = (
             f"[{'#' * filled}{'.' * (width - filled)}] step {done}/{self.total} "
-            f"evals {record.get('evaluations', 0):.3g} ESS(step) {record.get('ess', float('nan')):.3f} "
+            f"evals {record.get('evaluations', 0):.3g} ESS(step) {record.get('ess', float('nan')):.2g} "
             f"ESS(flow) {record.get('reverse_ess', float('nan')):.2g} "
             f"beta {record.get('beta', float('nan')):.3f} elapsed {elapsed:.0f}s left {left:.0f}s"
         )

@@ -160,6 +160,33 @@ def test_training_that_ends_short_of_the_target_says_so():
         _warn_if_not_annealed([{"beta": 1.0, "alpha": 0.1}])
 
 
+def test_steps_on_few_effective_samples_warn_once():
+    import warnings
+
+    from openmm_cmt.sampler import (
+        FEW_EFFECTIVE_STEPS, MIN_EFFECTIVE_SAMPLES, FewEffectiveSamplesWarning, _few_effective_samples,
+    )  # fmt: skip
+
+    n = 65536
+    thin = [{"ess": 0.0005}, {"ess": 0.001}, {"ess": 0.0004}, {"ess": 0.0008}, {"ess": 0.0012}]
+    assert len(thin) == FEW_EFFECTIVE_STEPS and MIN_EFFECTIVE_SAMPLES == 100
+    text = _few_effective_samples([{"ess": 0.5}] + thin, n)
+    assert "rest on 26-79 effective samples of 65536" in text and "cmt.eps_tr" in text
+    assert _few_effective_samples(thin[1:], n) is None  # too few steps to judge
+    assert _few_effective_samples(thin[:-1] + [{"ess": 100 / n}], n) is None  # one step with enough
+    assert _few_effective_samples(thin[:-1] + [{"ess": float("nan")}], n) is None
+
+    # 64 draws per step can never hold 100 effective samples: seven steps warn once.
+    config = tiny_config(n_steps=7)
+    config.cmt.update(samples_per_step=64, buffer_size=128, batch_size=32)
+    sampler = BoltzmannGeneratorSampler.from_name("alanine-dipeptide", config=config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sampler.train(progress=False)
+    few = [w for w in caught if issubclass(w.category, FewEffectiveSamplesWarning)]
+    assert len(few) == 1 and "effective samples of 64" in str(few[0].message)
+
+
 def test_corrupt_and_mismatched_checkpoints_are_refused(trained, tmp_path):
     sampler, _ = trained
     sampler.save(tmp_path)

@@ -16,7 +16,11 @@ from openmm_cmt.sampler import BoltzmannGeneratorSampler
 from test_trainer import learning_rates_used, small_flow
 
 
-pytestmark = pytest.mark.filterwarnings("ignore::openmm_cmt.sampler.AnnealingIncompleteWarning")
+# Tiny runs: a few draws per step, far from the target by design.
+pytestmark = [
+    pytest.mark.filterwarnings("ignore::openmm_cmt.sampler.AnnealingIncompleteWarning"),
+    pytest.mark.filterwarnings("ignore::openmm_cmt.sampler.FewEffectiveSamplesWarning"),
+]
 
 
 class FakeClock:
