@@ -23,8 +23,9 @@
   (``LARGER_SYSTEM_SETTINGS``, applied by ``preset(name, dim=...)``). So scaled, the
   ``cpu`` preset given 105 minutes on two cores reached reverse ESS medians of 0.139 and
   0.077 (training seeds 0 and 1, five draws each, Pareto k 0.41 and 0.55) on the
-  tetrapeptide with every backbone basin kept; with a prior of 0.12 and half its samples
-  per step, 0.058 and two alpha_L basins lost.
+  tetrapeptide with every backbone basin kept; with half its samples per step (and a
+  prior of 0.12), 0.058 and two alpha_L basins lost; with the prior of 0.12 alone, 0.094,
+  every basin kept and lighter tails.
 - ``cpu``: a 2-core CPU within the hour: the same with 14 coupling layers, an entropy
   step of 2 nats and up to 300 annealing steps (9.8M target evaluations) in a time
   budget of 55 minutes (``max_minutes``), which shortens the run to the steps that fit,
