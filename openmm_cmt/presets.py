@@ -25,7 +25,8 @@
   0.077 (training seeds 0 and 1, five draws each, Pareto k 0.41 and 0.55) on the
   tetrapeptide with every backbone basin kept; with half its samples per step (and a
   prior of 0.12), 0.058 and two alpha_L basins lost; with the prior of 0.12 alone, 0.094,
-  every basin kept and lighter tails.
+  every basin kept and lighter tails; with that prior and twice the gradient steps per
+  annealing step, 0.061 and one alpha_L basin lost.
 - ``cpu``: a 2-core CPU within the hour: the same with 14 coupling layers, an entropy
   step of 2 nats and up to 300 annealing steps (9.8M target evaluations) in a time
   budget of 55 minutes (``max_minutes``), which shortens the run to the steps that fit,
