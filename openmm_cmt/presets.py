@@ -27,7 +27,8 @@
   prior of 0.12), 0.058 and two alpha_L basins lost; with the prior of 0.12 alone, 0.094,
   every basin kept and lighter tails; with that prior and twice the gradient steps per
   annealing step, 0.061 and one alpha_L basin lost; with half the gradient steps (prior
-  0.15), every basin kept but beta only 0.85 after 300 steps, 0.012.
+  0.15), every basin kept but beta only 0.85 after 300 steps, 0.012; with half the
+  gradient steps and an entropy step of 3 nats, beta = 1 from step 151, 0.103.
 - ``cpu``: a 2-core CPU within the hour: the same with 14 coupling layers, an entropy
   step of 2 nats and up to 300 annealing steps (9.8M target evaluations) in a time
   budget of 55 minutes (``max_minutes``), which shortens the run to the steps that fit,
